@@ -1,0 +1,120 @@
+"""Parameterisations of the internal scales σ_0 < … < σ_{N−1} (SPEC §3).
+
+One InternalScales module per network: every scale-equivariant layer of the network uses the
+scales it returns. All modes start at σ_i = σ_b · r^i with r = ISR^{1/(N−1)}.
+
+| mode                  | θ            | init     | σ_i                               |
+|-----------------------|--------------|----------|-----------------------------------|
+| fixed                 | none         | –        | σ_b · r^i                         |
+| direct                | N values     | σ_b·r^i  | θ_i   (σ_b unused and frozen)      |
+| ratio                 | N−1 values   | r − 1    | σ_b · ∏_{j<i} (1 + θ_j)           |
+| ratio_squared         | N−1 values   | √(r − 1) | σ_b · ∏_{j<i} (1 + θ_j²)          |
+| single_ratio          | scalar       | r − 1    | σ_b · (1 + leaky_relu(θ))^i       |
+| single_ratio_squared  | scalar       | √(r − 1) | σ_b · (1 + θ²)^i  (ISR = (1+θ²)^{N−1}) |
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SCALE_MODES = (
+    "fixed",
+    "direct",
+    "ratio",
+    "ratio_squared",
+    "single_ratio",
+    "single_ratio_squared",
+)
+
+# Smallest scale (pixels) the projection after an optimiser step allows: a Gaussian narrower than
+# this is a single pixel anyway, and a non-positive scale would make the basis undefined.
+MIN_SCALE = 0.05
+
+
+def initial_scales(sigma_basis: float, isr: float, num_scales: int) -> list[float]:
+    """σ_b · r^i, r = ISR^{1/(N−1)}, in float64."""
+    ratio = isr ** (1.0 / (num_scales - 1)) if num_scales > 1 else 1.0
+    return [sigma_basis * ratio**i for i in range(num_scales)]
+
+
+class InternalScales(nn.Module):
+    """Returns the current internal scales [N] of one network.
+
+    `sigma_basis` is a parameter in every mode; it is trained only when `learn_sigma_basis` is set
+    (never in `direct` mode, where it is unused). θ (`theta`) exists for the learnable modes.
+    """
+
+    def __init__(
+        self,
+        mode: str = "fixed",
+        num_scales: int = 3,
+        sigma_basis: float = 2.0,
+        isr: float = 3.0,
+        learn_sigma_basis: bool = False,
+    ):
+        super().__init__()
+        if mode not in SCALE_MODES:
+            raise ValueError(f"unknown scale_mode {mode!r}; allowed: {', '.join(SCALE_MODES)}")
+        if sigma_basis <= 0 or isr < 1 or num_scales < 1:
+            raise ValueError(
+                f"need sigma_basis > 0, isr >= 1, num_scales >= 1; got {sigma_basis}, {isr}, "
+                f"{num_scales}"
+            )
+        self.mode = mode
+        self.num_scales = num_scales
+        ratio = isr ** (1.0 / (num_scales - 1)) if num_scales > 1 else 1.0
+        learn_sigma_basis = learn_sigma_basis and mode != "direct"
+        self.sigma_basis = nn.Parameter(torch.tensor(float(sigma_basis)), learn_sigma_basis)
+        steps = num_scales - 1
+        if mode == "fixed":
+            self.theta = None
+            self.register_buffer("powers", torch.tensor([ratio**i for i in range(num_scales)]))
+        elif mode == "direct":
+            theta = initial_scales(sigma_basis, isr, num_scales)
+        elif mode == "ratio":
+            theta = [ratio - 1.0] * steps
+        elif mode == "ratio_squared":
+            theta = [math.sqrt(ratio - 1.0)] * steps
+        elif mode == "single_ratio":
+            theta = ratio - 1.0
+        else:  # single_ratio_squared
+            theta = math.sqrt(ratio - 1.0)
+        if mode != "fixed":
+            self.theta = nn.Parameter(torch.tensor(theta, dtype=torch.float32))
+        self.register_buffer("exponents", torch.arange(num_scales, dtype=torch.float32))
+
+    def forward(self) -> Tensor:
+        """-> scales [N]."""
+        sigma_b, theta = self.sigma_basis, self.theta
+        if self.mode == "fixed":
+            return sigma_b * self.powers
+        if self.mode == "direct":
+            return theta
+        if self.mode in ("ratio", "ratio_squared"):
+            factors = 1 + (theta if self.mode == "ratio" else theta * theta)
+            cumulative = torch.cumprod(torch.cat([factors.new_ones(1), factors]), 0)
+            return sigma_b * cumulative
+        if self.mode == "single_ratio":
+            return sigma_b * (1 + F.leaky_relu(theta)) ** self.exponents
+        return sigma_b * (1 + theta * theta) ** self.exponents
+
+    def isr(self) -> float:
+        scales = self.forward().detach()
+        return float(scales.max() / scales.min())
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Project the parameters back to positive, ordered scales after an optimiser step.
+
+        Only `direct` and `ratio` can leave that set (the squared modes and `fixed` cannot);
+        σ_b is kept positive in every mode.
+        """
+        self.sigma_basis.clamp_(min=MIN_SCALE)
+        if self.mode == "direct":
+            self.theta.copy_(torch.sort(self.theta.clamp(min=MIN_SCALE)).values)
+        elif self.mode == "ratio":
+            self.theta.clamp_(min=0.0)

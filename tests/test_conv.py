@@ -1,0 +1,93 @@
+"""Scale-equivariant layers: the dense reference against per-scale convolutions, and the
+equivariance that motivates them (SPEC §1, §4)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scalelearn.data.mnist import load_embedded
+from scalelearn.data.rescale import rescale_about_centre
+from scalelearn.nn.conv import ScaleConvZ2H, h2h_dense, scale_max_projection, z2h_dense
+from scalelearn.nn.hermite import HermiteBasis
+
+
+def per_scale_kernels(weight, basis):
+    """κ_s = Σ_f W[:, :, f] · basis[f, s], one scale at a time: list of [Cout, Cin, K, K]."""
+    dense = basis.dense()
+    return [torch.einsum("oif,fuv->oiuv", weight, dense[:, s]) for s in range(dense.shape[1])]
+
+
+def test_dense_layers_equal_one_conv_per_scale():
+    torch.manual_seed(0)
+    basis = HermiteBasis("hermite_b", 5)(torch.tensor([1.0, 1.6, 2.1], dtype=torch.float64))
+    pad = basis.kernel_size // 2
+    x = torch.randn(2, 3, 15, 17, dtype=torch.float64)
+    weight = torch.randn(4, 3, 25, dtype=torch.float64)
+    lifted = z2h_dense(x, weight, basis)
+    assert lifted.shape == (2, 4, 3, 15, 17)
+    for s, kernel in enumerate(per_scale_kernels(weight, basis)):
+        torch.testing.assert_close(lifted[:, :, s], F.conv2d(x, kernel, padding=pad))
+
+    h = torch.randn(2, 3, 3, 15, 17, dtype=torch.float64)
+    out = h2h_dense(h, weight, basis)
+    assert out.shape == (2, 4, 3, 15, 17)
+    for s, kernel in enumerate(per_scale_kernels(weight, basis)):
+        torch.testing.assert_close(out[:, :, s], F.conv2d(h[:, :, s], kernel, padding=pad))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, _, _ = load_embedded()
+    return torch.from_numpy(images[:16]).float().div(255).unsqueeze(1)  # [16, 1, 28, 28]
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_z2h_moves_a_rescaled_digit_to_the_neighbouring_scale(digits):
+    """Enlarging the input by r = σ_{s+1}/σ_s moves the response from scale s to s + 1.
+
+    With internal scales 1.5 · 1.5^i, L_r f ⋆ ψ_{rσ} = L_r (f ⋆ ψ_σ) holds exactly in the
+    continuum; pixel sampling, bicubic resampling and the finite supports leave a few percent.
+    """
+    torch.manual_seed(0)
+    r, canvas = 1.5, 72
+    basis = HermiteBasis("hermite_a", 5)(torch.tensor([1.5, 1.5 * r, 1.5 * r * r]))
+    layer = ScaleConvZ2H(1, 6, 25, implementation="dense")
+    ones = torch.ones(len(digits))
+    with torch.no_grad():
+        y = layer(rescale_about_centre(digits, ones, canvas), basis)  # [B, C, 3, H, W]
+        y_big = layer(rescale_about_centre(digits, r * ones, canvas), basis)
+
+    def enlarge(t):  # [B, C, H, W] rescaled about the centre by r
+        flat = t.reshape(-1, 1, canvas, canvas)
+        return rescale_about_centre(flat, r * torch.ones(len(flat)), canvas).view_as(t)
+
+    for s in range(2):  # the overlapping scales
+        matched = relative_error(y_big[:, :, s + 1], enlarge(y[:, :, s]))
+        unmatched = relative_error(y_big[:, :, s], enlarge(y[:, :, s]))
+        assert matched < 0.08, (s, matched)
+        assert unmatched > 3 * matched, (s, matched, unmatched)
+
+
+def test_max_projection_is_nearly_invariant(digits):
+    """Globally max-pooled, max-projected features barely change when the digit is rescaled
+    within the range the internal scales cover; a single-scale filter's features change more."""
+    torch.manual_seed(1)
+    r, canvas = 1.5, 96
+    multi = HermiteBasis("hermite_a", 5)(torch.tensor([1.5, 1.5 * r, 1.5 * r * r]))
+    single = HermiteBasis("hermite_a", 5)(torch.tensor([1.5 * r]))  # the middle scale alone
+    layer = ScaleConvZ2H(1, 16, 25, implementation="dense")
+    ones = torch.ones(len(digits))
+    small, big = (rescale_about_centre(digits, f * ones, canvas) for f in (1.0, r))
+
+    def features(x, basis):
+        with torch.no_grad():
+            return F.relu(scale_max_projection(layer(x, basis))).amax((-1, -2))  # [B, C]
+
+    invariant = relative_error(features(big, multi), features(small, multi))
+    plain = relative_error(features(big, single), features(small, single))
+    assert invariant < 0.1, invariant
+    # Measured: 0.078 against 0.156 (16 digits, seed 1).
+    assert plain > 1.7 * invariant, (invariant, plain)
