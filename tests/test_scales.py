@@ -12,7 +12,9 @@ LEARNABLE = [mode for mode in SCALE_MODES if mode != "fixed"]
 
 
 @pytest.mark.parametrize("mode", SCALE_MODES)
-@pytest.mark.parametrize("sigma_basis,isr,num_scales", [(2.0, 3.0, 3), (1.5, 2.0, 4), (1.0, 6.0, 3)])
+@pytest.mark.parametrize(
+    "sigma_basis,isr,num_scales", [(2.0, 3.0, 3), (1.5, 2.0, 4), (1.0, 6.0, 3)]
+)
 def test_initial_scales_are_sigma_basis_times_powers_of_r(mode, sigma_basis, isr, num_scales):
     scales = InternalScales(mode, num_scales, sigma_basis, isr)()
     r = isr ** (1 / (num_scales - 1))

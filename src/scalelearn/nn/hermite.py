@@ -53,7 +53,9 @@ def hermite_1d(x: Tensor, sigma: Tensor, max_order: int) -> Tensor:
     return torch.stack(polys[: max_order + 1]) * envelope
 
 
-def function_orders(basis: str, effective_size: int, max_order: int = 4) -> list[tuple[int, int, int]]:
+def function_orders(
+    basis: str, effective_size: int, max_order: int = 4
+) -> list[tuple[int, int, int]]:
     """(i, j, m) for every 2-D function, in the authors' order: ψ_j(u)·ψ_i(v) at sub-sigma index m.
 
     hermite_a: all (i, j) in {0..eff−1}², function k = i·eff + j, m = 0; F = eff².

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine (see README.md):
+#   make reproduce [CONFIG=config/config.yaml]   set up, then run the pipeline (default: quick preset)
+#   make test                                    set up, then lint and run the test suite
+# Setup is a virtual environment in .venv with the package installed editable; it is redone only
+# when pyproject.toml changes.
+
+CONFIG ?= config/quick.yaml
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.scalelearn-installed
+
+# Jobs call `python -m scalelearn ...`: the venv's python must come first on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help setup reproduce test clean
+
+help:
+	@echo "make reproduce [CONFIG=config/quick.yaml|config/config.yaml|config/test.yaml]"
+	@echo "make test"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/snakemake --cores all --configfile $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf results/aggregate results/data results/figures results/logs results/runs results/tables

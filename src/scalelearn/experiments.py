@@ -1,0 +1,429 @@
+"""Experiments as declarative grids: load and validate the workflow config, expand every
+experiment's grid into training runs with readable ids, and resolve each run's config.
+
+The config schema (`config.schema.yaml` beside this file) is the single source of truth: the
+Snakefile validates against the same file with `snakemake.utils.validate`, the tests and
+`scalelearn runs` go through `load_config` here.
+
+A grid is the cartesian product of its keys. `width_octaves` and `seed` select the dataset (they
+default to all widths / seeds of the dataset section); every other key overrides a model key
+(`isr`, `sigma_basis`, `scale_mode`, ...) or a train key (`augment`, ...). A grid may also be a
+list of grids whose runs are joined, for designs with exclusions. Numeric keys accept a geometric
+series `{start, steps_per_octave, num}` = start * 2^(i / steps_per_octave), i = 0..num-1.
+
+Resolved run config (see the contract in the README): model = MODEL_DEFAULTS[name] <- experiment
+model <- grid values; train = top-level `train` <- experiment `train` <- grid values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from scalelearn.errors import ScalelearnError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+RESULTS = "results"
+
+# Grid keys that pick the dataset rather than override the model or the training.
+DATASET_KEYS = ("width_octaves", "seed")
+
+# How a grid key shows in a run id: prefix + value (strings: prefix-value, or the bare value).
+RUN_ID_PREFIX = {
+    "width": "b",
+    "seed": "seed",
+    "isr": "isr",
+    "sigma_basis": "sb",
+    "learn_sigma_basis": "lsb",
+    "num_scales": "n",
+    "effective_size": "eff",
+    "kernel_size_k": "k",
+    "kernel_size": "ks",
+    "augment": "aug",
+    "epochs": "ep",
+    "lr": "lr",
+    "scale_lr": "slr",
+    "scale_mode": "",
+    "name": "",
+    "basis": "",
+    "implementation": "",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# config loading and validation
+
+
+@cache
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def _validator_with_defaults():
+    """A Draft 2020-12 validator that fills `default` values into the instance while validating
+    (the same rule `snakemake.utils.validate(..., set_default=True)` applies)."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema:
+                    # Copy: the nested defaults filled in later must not mutate the schema.
+                    instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})
+
+
+def _key_path(parts) -> str:
+    """experiments.e1.grid.isr[0] from the parts of a JSON path."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".") or "<top level>"
+
+
+def _describe(error) -> str:
+    """One line naming the key, the value and what is allowed."""
+    from jsonschema.exceptions import best_match
+
+    # oneOf/anyOf: report the alternative that came closest instead of "not valid under any".
+    while error.context:
+        error = best_match(error.context)
+    key = _key_path(error.absolute_path)
+    value = error.instance
+    if error.validator == "enum":
+        allowed = "one of " + ", ".join(repr(v) for v in error.validator_value)
+    elif error.validator == "additionalProperties":
+        unexpected = sorted(set(value) - set(error.schema.get("properties", {})))
+        allowed = "the keys " + ", ".join(sorted(error.schema.get("properties", {})))
+        return f"config key {key}: unknown key(s) {', '.join(unexpected)}; allowed are {allowed}"
+    elif error.validator == "required":
+        return f"config key {key}: {error.message}"
+    elif error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        allowed = f"a value {sign[error.validator]} {error.validator_value}"
+    elif error.validator == "type":
+        allowed = f"a value of type {error.validator_value}"
+    else:
+        allowed = error.message
+    description = error.schema.get("description")
+    hint = f" ({' '.join(description.split())})" if description else ""
+    return f"config key {key}: invalid value {value!r}; allowed: {allowed}{hint}"
+
+
+def validate_config(config: dict) -> dict:
+    """Validate a config mapping against the schema and return a copy with defaults filled in.
+    Raises ScalelearnError naming the key, the value and what is allowed."""
+    from jsonschema.exceptions import best_match
+
+    config = copy.deepcopy(config if config is not None else {})
+    if not isinstance(config, dict):
+        raise ScalelearnError(f"the config must be a mapping, got {type(config).__name__}")
+    error = best_match(_validator_with_defaults()(load_schema()).iter_errors(config))
+    if error is not None:
+        raise ScalelearnError(_describe(error) + ". Fix the config file and run again.")
+    _check_semantics(config)
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a workflow config YAML, validate it and fill in the defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScalelearnError(f"config file {path} not found")
+    with open(path) as handle:
+        try:
+            raw = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ScalelearnError(f"config file {path} is not valid YAML: {error}") from None
+    try:
+        return validate_config(raw)
+    except ScalelearnError as error:
+        raise ScalelearnError(f"{path}: {error}") from None
+
+
+def _check_semantics(config: dict) -> None:
+    """Checks the schema cannot express; each error names the key and the allowed values."""
+    experiments = config["experiments"]
+    for name, experiment in experiments.items():
+        dataset = experiment["dataset"]
+        section = config["datasets"][dataset]
+        for index, grid in enumerate(_grids(experiment)):
+            where = f"experiments.{name}.grid" + (
+                f"[{index}]" if isinstance(experiment.get("grid"), list) else ""
+            )
+            if "width_octaves" in grid:
+                if dataset != "scale_distribution":
+                    raise ScalelearnError(
+                        f"config key {where}.width_octaves: dataset {dataset!r} has no widths; "
+                        "remove the key or use dataset scale_distribution"
+                    )
+                _check_subset(
+                    f"{where}.width_octaves",
+                    grid["width_octaves"],
+                    section["widths_octaves"],
+                    "datasets.scale_distribution.widths_octaves",
+                )
+            if "seed" in grid:
+                _check_subset(
+                    f"{where}.seed", grid["seed"], section["seeds"], f"datasets.{dataset}.seeds"
+                )
+        analyses = experiment.get("analyses", [])
+        if "isr_curve" in analyses:
+            if dataset != "scale_distribution" or not any("isr" in g for g in _grids(experiment)):
+                raise ScalelearnError(
+                    f"config key experiments.{name}.analyses: isr_curve needs dataset "
+                    "scale_distribution and an `isr` key in the grid"
+                )
+        other = experiment.get("compare_with")
+        if other is not None and other not in experiments:
+            raise ScalelearnError(
+                f"config key experiments.{name}.compare_with: invalid value {other!r}; allowed: "
+                f"one of {', '.join(repr(e) for e in experiments)}"
+            )
+    names = [
+        scale_distribution_name(2.0**o)
+        for o in config["datasets"]["scale_distribution"]["widths_octaves"]
+    ]
+    if len(set(names)) != len(names):
+        raise ScalelearnError(
+            "config key datasets.scale_distribution.widths_octaves: widths "
+            f"{names} are not distinct at 3 significant digits; choose widths further apart"
+        )
+
+
+def _check_subset(key: str, values: list, allowed: list, source: str) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ScalelearnError(
+            f"config key {key}: invalid value(s) {unknown}; allowed: the values of {source}, "
+            f"{allowed}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# datasets and runs
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset file: results/data/{protocol}/{name}/seed{seed}.npz, made from `params`."""
+
+    protocol: str
+    name: str
+    seed: int
+    params: dict = field(compare=False, hash=False)
+
+    @property
+    def path(self) -> str:
+        return f"{RESULTS}/data/{self.protocol}/{self.name}/seed{self.seed}.npz"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of an experiment; `config` is the resolved run config (JSON-ready)."""
+
+    experiment: str
+    run_id: str
+    dataset: Dataset
+    config: dict = field(compare=False, hash=False)
+
+    @property
+    def folder(self) -> str:
+        return f"{RESULTS}/runs/{self.experiment}/{self.run_id}"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.folder}/summary.json"
+
+
+def scale_distribution_name(width: float) -> str:
+    """Dataset name of a scale distribution of width b, e.g. b2.83, b4.76, b8."""
+    return f"b{width:.3g}"
+
+
+def geometric_values(spec: dict) -> list[float]:
+    """start * 2^(i / steps_per_octave) for i = 0..num-1."""
+    return [spec["start"] * 2.0 ** (i / spec["steps_per_octave"]) for i in range(spec["num"])]
+
+
+def _grids(experiment: dict) -> list[dict]:
+    grid = experiment.get("grid", {})
+    return grid if isinstance(grid, list) else [grid]
+
+
+def expand_grid(grid: dict) -> list[dict]:
+    """All points of one grid (cartesian product, first key slowest), geometric specs
+    expanded. An empty grid has one point, {}."""
+    keys = list(grid)
+    values = [geometric_values(v) if isinstance(v, dict) else list(v) for v in grid.values()]
+    return [dict(zip(keys, point, strict=True)) for point in itertools.product(*values)]
+
+
+def _format_value(value) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def make_run_id(grid: dict) -> str:
+    """Readable id of a grid point, e.g. b2.83_isr1.68_seed0."""
+    parts = []
+    for key, value in grid.items():
+        prefix = RUN_ID_PREFIX.get(key, key)
+        if isinstance(value, str):
+            parts.append(f"{prefix}-{value}" if prefix else value)
+        else:
+            parts.append(f"{prefix}{_format_value(value)}")
+    return "_".join(parts) or "run"
+
+
+def model_defaults(name: str) -> dict:
+    """The model's defaults from the network code (the single place they are defined)."""
+    from scalelearn.nn.models import MODEL_DEFAULTS
+
+    return copy.deepcopy(MODEL_DEFAULTS[name])
+
+
+def _dataset(config: dict, protocol: str, seed: int, width_octaves: float | None) -> Dataset:
+    section = config["datasets"][protocol]
+    if protocol == "scale_distribution":
+        width = 2.0**width_octaves
+        params = {
+            "width": width,
+            "width_octaves": width_octaves,
+            "canvas": section["canvas"],
+            "splits": dict(section["splits"]),
+            "antialias": section["antialias"],
+        }
+        return Dataset(protocol, scale_distribution_name(width), seed, params)
+    params = {
+        "scale_min": section["scale_min"],
+        "scale_max": section["scale_max"],
+        "splits": dict(section["splits"]),
+        "antialias": section["antialias"],
+    }
+    return Dataset(protocol, "sesn", seed, params)
+
+
+def experiment_runs(config: dict, experiment: str) -> list[Run]:
+    """The runs of one experiment of a validated config, in grid order."""
+    if experiment not in config["experiments"]:
+        raise ScalelearnError(
+            f"unknown experiment {experiment!r}; the config defines "
+            f"{', '.join(config['experiments'])}"
+        )
+    spec = config["experiments"][experiment]
+    protocol = spec["dataset"]
+    section = config["datasets"][protocol]
+    train_keys = set(load_schema()["$defs"]["train"]["properties"])
+    runs: dict[str, Run] = {}
+    for grid in _grids(spec):
+        grid = dict(grid)
+        # The dataset keys frame the other grid keys: width first, seed last in the run id.
+        widths = grid.pop("width_octaves", None)
+        if protocol == "scale_distribution":
+            widths = widths or section["widths_octaves"]
+        seeds = grid.pop("seed", None) or section["seeds"]
+        for width_octaves, point, seed in itertools.product(
+            widths or [None], expand_grid(grid), seeds
+        ):
+            dataset = _dataset(config, protocol, seed, width_octaves)
+            full_grid = {} if width_octaves is None else {"width": dataset.params["width"]}
+            full_grid.update(point)
+            full_grid["seed"] = seed
+            run_id = make_run_id(full_grid)
+            if run_id in runs:
+                raise ScalelearnError(
+                    f"config key experiments.{experiment}.grid: two grid points get the run id "
+                    f"{run_id!r} ({runs[run_id].config['grid']} and {full_grid}); grid values "
+                    "must differ at 3 significant digits"
+                )
+            model_over = {k: v for k, v in point.items() if k not in train_keys}
+            train_over = {k: v for k, v in point.items() if k in train_keys}
+            name = model_over.get("name", spec["model"]["name"])
+            model = {**model_defaults(name), **spec["model"], **model_over, "name": name}
+            train = {**config["train"], **spec.get("train", {}), **train_over}
+            run_config = {
+                "experiment": experiment,
+                "run_id": run_id,
+                "seed": seed,
+                "grid": full_grid,
+                "dataset": dataset.path,
+                "model": model,
+                "train": train,
+            }
+            runs[run_id] = Run(experiment, run_id, dataset, copy.deepcopy(run_config))
+    return list(runs.values())
+
+
+def all_runs(config: dict) -> dict[str, list[Run]]:
+    """Experiment name -> its runs, for every experiment of the config."""
+    return {name: experiment_runs(config, name) for name in config["experiments"]}
+
+
+def datasets_needed(config: dict) -> list[Dataset]:
+    """Every dataset some run trains on, each once, sorted by path."""
+    found = {run.dataset.path: run.dataset for runs in all_runs(config).values() for run in runs}
+    return [found[path] for path in sorted(found)]
+
+
+def find_run(config: dict, run_id: str, experiment: str | None = None) -> Run:
+    names = [experiment] if experiment else list(config["experiments"])
+    for name in names:
+        for run in experiment_runs(config, name):
+            if run.run_id == run_id:
+                return run
+    raise ScalelearnError(
+        f"no run {run_id!r} in experiment(s) {', '.join(names)}; list them with "
+        "`scalelearn runs --config FILE`"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _runs_command(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    if args.show:
+        run = find_run(config, args.show, args.experiment)
+        print(json.dumps(run.config, indent=2))
+        return
+    if args.datasets:
+        for dataset in datasets_needed(config):
+            print(dataset.path)
+        return
+    names = [args.experiment] if args.experiment else list(config["experiments"])
+    for name in names:
+        for run in experiment_runs(config, name):
+            print(f"{name}/{run.run_id}")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "runs",
+        help="list the training runs a workflow config expands to",
+        description="Validate a workflow config and list its runs as EXPERIMENT/RUN_ID, one per "
+        "line; --show prints one run's resolved run config (the JSON `scalelearn train` reads).",
+    )
+    parser.add_argument("--config", required=True, help="workflow config YAML (config/*.yaml)")
+    parser.add_argument("--experiment", help="only this experiment")
+    parser.add_argument("--show", metavar="RUN_ID", help="print this run's resolved config")
+    parser.add_argument(
+        "--datasets", action="store_true", help="list the dataset files the runs need instead"
+    )
+    parser.set_defaults(func=_runs_command)

@@ -1,0 +1,138 @@
+"""The LightningModule: one network, two optimiser groups (weights / internal scales) with the
+schedules of SPEC §6, normalisation and "+" augmentation done on the device, per batch."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from scalelearn.data.loader import epoch_seed
+from scalelearn.data.rescale import random_rescale
+from scalelearn.errors import ScalelearnError
+from scalelearn.nn.models import build_model
+
+# SESN's "+" augmentation: a fresh random rescale per load of a training image.
+AUGMENT_SCALE_RANGE = (0.5, 2.0)
+
+
+def step_decay(epoch: float, milestones: list[int], gamma: float) -> float:
+    """gamma ** (number of milestones reached at this (fractional) epoch)."""
+    return gamma ** sum(epoch >= m for m in milestones)
+
+
+def main_lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
+    return step_decay(step / steps_per_epoch, train["lr_milestones"], train["lr_gamma"])
+
+
+def scale_lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
+    """Linear warm-up from 0 over `scale_warmup_epochs`, then step decay at the milestones."""
+    epoch = step / steps_per_epoch
+    warmup = train["scale_warmup_epochs"]
+    ramp = min(1.0, epoch / warmup) if warmup > 0 else 1.0
+    return ramp * step_decay(epoch, train["scale_lr_milestones"], train["scale_lr_gamma"])
+
+
+class ScaleLearner(pl.LightningModule):
+    """Classifier training for one run config (see CONTRACT: `model` and `train` sections).
+
+    Batches arrive as uint8 images [B, 1, H, W] and int64 labels [B]; `mean`/`std` are the
+    train-split statistics of images / 255.
+    """
+
+    def __init__(self, model: dict, train: dict, seed: int, mean: float, std: float):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model)
+        self.train_cfg = train
+        self.seed = seed
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    @property
+    def internal_scales(self):
+        return self.model.internal_scales
+
+    def forward(self, images: Tensor) -> Tensor:
+        """uint8 [B, 1, H, W] -> logits [B, 10]."""
+        x = (images.float() / 255.0 - self.mean) / self.std
+        return self.model(x)
+
+    def _augment(self, images: Tensor, batch_idx: int) -> Tensor:
+        # Seeded per (run seed, epoch, batch) so the draws do not depend on anything else.
+        generator = torch.Generator(device=images.device)
+        generator.manual_seed(epoch_seed(self.seed, self.current_epoch) + batch_idx)
+        return random_rescale(images, AUGMENT_SCALE_RANGE, generator)[0]
+
+    def _step(self, batch, stage: str) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.argmax(1) == labels).float().mean()
+        size = len(labels)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=size)
+        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, batch_size=size, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, labels = batch
+        if self.train_cfg["augment"] == "rescale":
+            images = self._augment(images, batch_idx)
+        loss = self._step((images, labels), "train")
+        if not torch.isfinite(loss):
+            raise ScalelearnError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch "
+                f"{batch_idx}; lower `train.lr`/`train.scale_lr` for this experiment"
+            )
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.internal_scales is None:
+            return
+        self.internal_scales.constrain_()
+        scales = self.internal_scales().detach()
+        if not torch.isfinite(scales).all():
+            raise ScalelearnError(
+                f"internal scales became non-finite ({scales.tolist()}) at epoch "
+                f"{self.current_epoch}; lower `train.scale_lr` or choose another `scale_mode`"
+            )
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        train = self.train_cfg
+        scale_params = []
+        if self.internal_scales is not None:
+            scale_params = [p for p in self.internal_scales.parameters() if p.requires_grad]
+        scale_ids = {id(p) for p in scale_params}
+        main_params = [
+            p for p in self.model.parameters() if p.requires_grad and id(p) not in scale_ids
+        ]
+        groups = [{"params": main_params, "lr": train["lr"], "name": "main"}]
+        lambdas = [main_lr_factor]
+        if scale_params:
+            groups.append({"params": scale_params, "lr": train["scale_lr"], "name": "scales"})
+            lambdas.append(scale_lr_factor)
+        optimizer = torch.optim.Adam(groups)
+        # The schedules are defined in epochs; step them per optimiser step with the real number
+        # of steps per epoch of this dataset (the authors hard-coded a dataset size).
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // train["epochs"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [lambda step, f=f: f(step, steps_per_epoch, train) for f in lambdas]
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current learning rate of each optimiser group: {"lr": …, "scale_lr": …}."""
+        rates = {"lr": float("nan"), "scale_lr": float("nan")}
+        for group in self.trainer.optimizers[0].param_groups:
+            rates["lr" if group["name"] == "main" else "scale_lr"] = group["lr"]
+        return rates

@@ -1,0 +1,171 @@
+"""Tests of scalelearn.train: a tiny run learns and writes its folder, the reported scales are the
+best checkpoint's, a killed run resumes to the same numbers, the schedules, the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scalelearn.data import datasets, mnist
+from scalelearn.errors import ScalelearnError
+from scalelearn.nn.models import build_model
+from scalelearn.train import run as run_module
+from scalelearn.train.cli import read_run_config
+from scalelearn.train.module import main_lr_factor, scale_lr_factor
+
+RUN_FILES = {"config.json", "metrics.csv", "summary.json", "best.ckpt", "last.ckpt"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """Real digits on a 40 px canvas, scales LogUniform[1, 1.4]: 600 / 200 / 200 images."""
+    images, labels, _ = mnist.load_pool("embedded")
+    arrays, manifest = datasets.make_scale_distribution(
+        images, labels, width_b=1.4, seed=0, canvas=40, split=(600, 200, 200)
+    )
+    path = tmp_path_factory.mktemp("data") / "b1.4.npz"
+    datasets.save_dataset(path, arrays, manifest)
+    return str(path)
+
+
+def run_config(dataset: str, **train) -> dict:
+    return {
+        "experiment": "unit",
+        "run_id": "tiny",
+        "seed": 3,
+        "grid": {},
+        "dataset": dataset,
+        "model": {
+            "name": "toy",
+            "scale_mode": "single_ratio_squared",
+            "sigma_basis": 1.0,
+            "isr": 2.0,
+            "learn_sigma_basis": True,
+            "implementation": "dense",
+        },
+        "train": {
+            "epochs": 3,
+            "batch_size": 40,
+            "lr_milestones": [2],
+            "scale_lr": 0.05,
+            "scale_lr_milestones": [2],
+            "scale_warmup_epochs": 1,
+            "eval_batch_size": 100,
+            "accelerator": "cpu",
+            **train,
+        },
+    }
+
+
+def read_metrics(folder) -> list[dict]:
+    with open(folder / "metrics.csv") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    summary = run_module.train_run(run_config(tiny_dataset), folder, threads=1)
+    return folder, summary
+
+
+def test_tiny_run_learns_and_writes_every_file(tiny_run):
+    folder, summary = tiny_run
+    assert RUN_FILES <= {p.name for p in folder.iterdir()}
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert summary["test_acc"] > 0.5, "10 classes: chance is 0.1"
+    assert math.isclose(summary["test_error"], 100 * (1 - summary["test_acc"]))
+    assert json.loads((folder / "summary.json").read_text()) == summary
+    rows = read_metrics(folder)
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "scale_lr", "isr"):
+        assert all(math.isfinite(row[key]) for row in rows), key
+    # Schedules as configured: scale LR warms up from 0, both decay at epoch 2.
+    assert [row["lr"] for row in rows] == pytest.approx([0.01, 0.01, 0.001])
+    assert rows[0]["scale_lr"] == 0 and rows[1]["scale_lr"] == pytest.approx(0.05)
+    assert rows[2]["scale_lr"] == pytest.approx(0.05 * 0.75)
+    # The scales were learned (moved from their initialisation 1, 2).
+    assert rows[-1]["scale_0"] != pytest.approx(1.0, abs=1e-4)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["train"]["lr_gamma"] == 0.1, "the resolved config holds the defaults"
+
+
+def test_reported_scales_are_those_of_the_best_checkpoint(tiny_run):
+    folder, summary = tiny_run
+    checkpoint = torch.load(folder / "best.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == summary["best_epoch"]
+    model = build_model(run_config("")["model"])
+    state = {
+        k.removeprefix("model."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("model.")
+    }
+    model.load_state_dict(state)
+    report = model.scale_report()
+    assert summary["internal_scales"] == pytest.approx(report["internal_scales"], rel=1e-6)
+    assert summary["isr"] == pytest.approx(report["isr"], rel=1e-6)
+    row = read_metrics(folder)[summary["best_epoch"]]
+    assert [row[f"scale_{i}"] for i in range(3)] == pytest.approx(summary["internal_scales"])
+    assert row["val_acc"] == pytest.approx(summary["best_val_acc"])
+
+
+def test_killed_run_resumes_to_the_same_numbers(tiny_dataset, tiny_run, tmp_path, monkeypatch):
+    """Kill after the second epoch's checkpoint, start again: same metrics as an unbroken run."""
+    folder, summary = tiny_run
+    record = run_module.EpochRecorder.on_train_epoch_end
+
+    def record_then_die(self, trainer, module):
+        record(self, trainer, module)
+        if trainer.current_epoch == 1:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_module.train_run(run_config(tiny_dataset), tmp_path, threads=1)
+    assert not (tmp_path / "summary.json").exists()
+    assert (tmp_path / "last.ckpt").exists()
+    monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record)
+    resumed = run_module.train_run(run_config(tiny_dataset), tmp_path, threads=1)
+    assert read_metrics(tmp_path) == read_metrics(folder)
+    for key in ("test_acc", "best_epoch", "internal_scales"):
+        assert resumed[key] == summary[key], key
+
+
+def test_non_finite_loss_fails_loudly(tiny_dataset, tmp_path):
+    config = run_config(tiny_dataset, epochs=1, lr=1e30)
+    with pytest.raises(ScalelearnError, match="lower `train.lr`"):
+        run_module.train_run(config, tmp_path, threads=1)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_schedules_step_by_real_steps_per_epoch():
+    train = {
+        "lr_milestones": [20, 40],
+        "lr_gamma": 0.1,
+        "scale_warmup_epochs": 5,
+        "scale_lr_milestones": [20, 40],
+        "scale_lr_gamma": 0.75,
+    }
+    steps = 79  # 10,000 images, batch 128
+    main = [main_lr_factor(e * steps, steps, train) for e in (0, 19, 20, 39, 40, 59)]
+    assert main == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    scale = [scale_lr_factor(s, steps, train) for s in (0, steps * 5 // 2, 5 * steps, 20 * steps)]
+    assert scale == pytest.approx([0, (5 * steps // 2) / steps / 5, 1, 0.75])
+    assert np.isclose(scale_lr_factor(40 * steps, steps, train), 0.75**2)
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    with pytest.raises(ScalelearnError, match="neither inline JSON nor an existing file"):
+        read_run_config("missing.json")
+    with pytest.raises(ScalelearnError, match="no 'dataset' key"):
+        read_run_config('{"model": {}}')
+    config = run_config(str(tmp_path / "nowhere.npz"))
+    with pytest.raises(ScalelearnError, match="does not exist; build it first"):
+        run_module.train_run(config, tmp_path / "run")
+    with pytest.raises(ScalelearnError, match="train.augment"):
+        run_module.resolve_train_config({"augment": "flip"})

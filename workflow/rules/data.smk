@@ -1,0 +1,76 @@
+# MNIST pool (one download / read for the whole workflow) and the datasets, one per
+# (protocol, name, seed). The parameters come from the config through params, so changing them
+# re-triggers the affected datasets.
+
+
+rule mnist_pool:
+    output:
+        npz="results/data/mnist/pool.npz",
+        manifest="results/data/mnist/pool.json",
+    params:
+        source=mnist_source_args(),
+    log:
+        "results/logs/data/mnist_pool.log",
+    threads: 1
+    resources:
+        mem_mb=CONFIG["resources"]["data"]["mem_mb"],
+        runtime=CONFIG["resources"]["data"]["runtime"],
+    conda:
+        "../../envs/scalelearn.yaml"
+    shell:
+        "python -m scalelearn data pool {params.source} --out {output.npz} > {log} 2>&1"
+
+
+rule dataset_scale_distribution:
+    input:
+        pool="results/data/mnist/pool.npz",
+    output:
+        npz="results/data/scale_distribution/{name}/seed{seed}.npz",
+        manifest="results/data/scale_distribution/{name}/seed{seed}.json",
+    params:
+        width=lambda w: repr(lookup_dataset("scale_distribution", w).params["width"]),
+        canvas=lambda w: lookup_dataset("scale_distribution", w).params["canvas"],
+        split=lambda w: split_args(lookup_dataset("scale_distribution", w)),
+        antialias=lambda w: (
+            "--antialias" if lookup_dataset("scale_distribution", w).params["antialias"] else ""
+        ),
+    log:
+        "results/logs/data/scale_distribution/{name}/seed{seed}.log",
+    threads: CONFIG["resources"]["data"]["threads"]
+    resources:
+        mem_mb=CONFIG["resources"]["data"]["mem_mb"],
+        runtime=CONFIG["resources"]["data"]["runtime"],
+    conda:
+        "../../envs/scalelearn.yaml"
+    shell:
+        "python -m scalelearn data scale-distribution --pool {input.pool}"
+        " --width {params.width} --canvas {params.canvas} --seed {wildcards.seed}"
+        " --split {params.split} {params.antialias} --out {output.npz} > {log} 2>&1"
+
+
+rule dataset_mnist_scale:
+    input:
+        pool="results/data/mnist/pool.npz",
+    output:
+        npz="results/data/mnist_scale/{name}/seed{seed}.npz",
+        manifest="results/data/mnist_scale/{name}/seed{seed}.json",
+    params:
+        scale_range=lambda w: "{scale_min} {scale_max}".format(
+            **lookup_dataset("mnist_scale", w).params
+        ),
+        split=lambda w: split_args(lookup_dataset("mnist_scale", w)),
+        antialias=lambda w: (
+            "--antialias" if lookup_dataset("mnist_scale", w).params["antialias"] else ""
+        ),
+    log:
+        "results/logs/data/mnist_scale/{name}/seed{seed}.log",
+    threads: CONFIG["resources"]["data"]["threads"]
+    resources:
+        mem_mb=CONFIG["resources"]["data"]["mem_mb"],
+        runtime=CONFIG["resources"]["data"]["runtime"],
+    conda:
+        "../../envs/scalelearn.yaml"
+    shell:
+        "python -m scalelearn data mnist-scale --pool {input.pool} --seed {wildcards.seed}"
+        " --scale-range {params.scale_range} --split {params.split} {params.antialias}"
+        " --out {output.npz} > {log} 2>&1"
