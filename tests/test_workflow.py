@@ -8,11 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pandas as pd
-import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
