@@ -66,8 +66,13 @@ def test_grid_lists_and_geometric_series():
         "dataset": "mnist_scale",
         "model": {"name": "sesn"},
         "grid": [
-            {"augment": ["none", "rescale"], "scale_mode": ["direct"]},
-            {"augment": ["rescale"], "scale_mode": ["ratio_squared"], "learn_sigma_basis": [True]},
+            {"augment": ["none", "rescale"], "scale_mode": ["direct"], "seed": [0]},
+            {
+                "augment": ["rescale"],
+                "scale_mode": ["ratio_squared"],
+                "learn_sigma_basis": [True],
+                "seed": [0],
+            },
         ],
     }
     config = sl.validate_config(config)

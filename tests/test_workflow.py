@@ -53,7 +53,8 @@ def test_bad_config_stops_before_any_job(tmp_path):
     bad.write_text(yaml.safe_dump(config))
     result = snakemake("-n", "--configfile", str(bad))
     assert result.returncode != 0
-    assert "config key train.epochs: invalid value 0; allowed: a value >= 1" in result.stderr
+    message = "config key train.epochs: invalid value 0; allowed: a value >= 1"
+    assert message in result.stdout + result.stderr
 
 
 def test_conda_env_lists_every_dependency():

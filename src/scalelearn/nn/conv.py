@@ -3,7 +3,7 @@
 Weights W[Cout, Cin, F] are shared by all scales; the filter at scale s is
 κ_s = Σ_f W[…, f] · basis[f, s]. Two implementations give the same numbers:
 - `dense`: the reference, as in the authors' code: one conv2d with the zero-padded K×K kernels.
-- `fast`: separable and per-scale supports (scalelearn.nn.fast_conv), used by default.
+- `fast`: per layer shape the fastest of three exact methods (scalelearn.nn.fast_conv), the default.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scalelearn.nn import fast_conv
 from scalelearn.nn.hermite import ScaleBasis
 
 
@@ -45,17 +46,11 @@ def h2h_dense(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     return y.view(batch, num_scales, out_channels, *y.shape[-2:]).transpose(1, 2)
 
 
-def _implementations() -> dict:
-    table = {"dense": (z2h_dense, h2h_dense)}
-    try:
-        from scalelearn.nn import fast_conv
-    except ImportError:
-        return table
-    table["fast"] = (fast_conv.z2h_fast, fast_conv.h2h_fast)
-    return table
-
-
-IMPLEMENTATIONS = _implementations()
+# name -> (Z2→H, H→H); models pick one with their `implementation` key.
+IMPLEMENTATIONS = {
+    "dense": (z2h_dense, h2h_dense),
+    "fast": (fast_conv.z2h_fast, fast_conv.h2h_fast),
+}
 
 
 class _ScaleConv(nn.Module):

@@ -1,0 +1,287 @@
+"""Fast scale-equivariant convolutions: the same numbers as `z2h_dense` / `h2h_dense` (SPEC §4).
+
+The filter at scale s is κ_s = Σ_f W[…, f] · basis[f, s]. Three exact ways to apply it; `_choose`
+picks one per call from a cost estimate:
+- direct: per scale, one conv2d with κ_s cropped to its support n_s (values outside are exactly
+  zero) and to the image (offsets beyond ±(H−1) never meet a pixel); padding = the crop's half size.
+- fft: circular convolution over (H, W) at lengths L ≥ H + K//2, long enough that no wrap-around
+  reaches the H×W outputs. Every basis function is separable, so its 2-D spectrum is the outer
+  product of two 1-D spectra of its profiles; the channel sum is a matmul per frequency.
+- rows: the rows (H axis) directly with every profile, then the columns (W axis) by a 1-D FFT
+  whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
+  (the toy model's lifting layer): the 2-D inverse FFT of every output map is the costly step of
+  `fft`, and here only a 1-D one is left.
+All keep the dense path's convention: cross-correlation as F.conv2d, basis[f, s, u, v] with u along
+H and v along W, zero padding, stride 1. Gradients reach x, the weights and the profiles (hence the
+scales) through autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from scalelearn.nn.hermite import ScaleBasis
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _scale_input(x: Tensor, scale: int) -> Tensor:
+    """The input seen at one scale: x itself for Z2→H ([B, Cin, H, W]), x[:, :, s] for H→H."""
+    return x if x.dim() == 4 else x[:, :, scale]
+
+
+def _half_sizes(basis: ScaleBasis, height: int, width: int) -> list[tuple[int, int]]:
+    """Half size (rows, cols) of every scale's kernel, cropped to its support and to the image."""
+    return [(min(n // 2, height - 1), min(n // 2, width - 1)) for n in basis.supports]
+
+
+def _crop(profiles: Tensor, half: int) -> Tensor:
+    """Profiles [..., K] centred at K//2 -> offsets −half … half: [..., 2·half + 1]."""
+    centre = profiles.shape[-1] // 2
+    return profiles[..., centre - half : centre + half + 1]
+
+
+def _fft_size(minimum: int) -> int:
+    """Smallest n ≥ minimum whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
+    n = minimum
+    while True:
+        rest = n
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return n
+        n += 1
+
+
+def _profile_spectrum(profiles: Tensor, half: int, length: int, real: bool) -> Tensor:
+    """conj(DFT) of profiles [S, P, K] at `length`, offset m stored at index m mod length.
+
+    -> [S, P, length] (fft) or [S, P, length//2 + 1] (rfft). A cross-correlation
+    y[h] = Σ_m x[h+m]·g[m] is Y = X·conj(G) in Fourier space.
+    """
+    segment = _crop(profiles, half)
+    gap = segment.new_zeros(*segment.shape[:-1], length - 2 * half - 1)
+    circular = torch.cat([segment[..., half:], gap, segment[..., :half]], dim=-1)
+    return (torch.fft.rfft(circular) if real else torch.fft.fft(circular)).conj()
+
+
+class _BatchedMatmul(torch.autograd.Function):
+    """torch.bmm whose backward makes the incoming gradient contiguous and resolved first.
+
+    The gradient that reaches the spectral products is a permuted view, sometimes with the
+    conjugate bit set; complex bmm on such operands falls back to one copy per matrix (13k copies
+    and ~3× the time in SESN's H→H layers, measured).
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        return torch.bmm(a, b)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        grad = grad.resolve_conj().contiguous()
+        grad_a = torch.bmm(grad, b.mH) if ctx.needs_input_grad[0] else None
+        grad_b = torch.bmm(a.mH, grad) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
+
+def _bmm(a: Tensor, b: Tensor) -> Tensor:
+    """Batched matmul of [N, n, k] and [N, k, m], both made contiguous (a strided batch also
+    falls back to one copy per matrix)."""
+    return _BatchedMatmul.apply(a.contiguous(), b.contiguous())
+
+
+# ---------------------------------------------------------------------------------------- direct
+
+
+def _cropped_kernel(weight: Tensor, basis: ScaleBasis, scale: int, half: tuple[int, int]) -> Tensor:
+    """κ_scale cropped to offsets ±half: weight [Cout, Cin, F] -> [Cout, Cin, 2h+1, 2w+1]."""
+    rows = _crop(basis.profiles[scale, basis.row_index], half[0])  # [F, 2h+1]
+    cols = _crop(basis.profiles[scale, basis.col_index], half[1])  # [F, 2w+1]
+    functions = rows[:, :, None] * cols[:, None, :]
+    out_channels, in_channels, count = weight.shape
+    kernel = weight.reshape(-1, count) @ functions.reshape(count, -1)
+    return kernel.view(out_channels, in_channels, *functions.shape[1:])
+
+
+def _direct(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
+    """One conv2d per scale with the cropped kernel -> [B, Cout, S, H, W]."""
+    halves = _half_sizes(basis, *x.shape[-2:])
+    ys = [
+        F.conv2d(_scale_input(x, s), _cropped_kernel(weight, basis, s, half), padding=half)
+        for s, half in enumerate(halves)
+    ]
+    return torch.stack(ys, dim=2)
+
+
+# ------------------------------------------------------------------------------------------- fft
+
+
+def _fft_plan(basis: ScaleBasis, height: int, width: int):
+    """-> (lengths (L_H, L_W), halves (h, w)): the largest kernel's half sizes, cropped to the
+    image; L ≥ size + half keeps the wrap-around of the circular convolution off the outputs."""
+    halves = (min(basis.kernel_size // 2, height - 1), min(basis.kernel_size // 2, width - 1))
+    return (_fft_size(height + halves[0]), _fft_size(width + halves[1])), halves
+
+
+def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tensor:
+    """weight [Cout, Cin, F] -> kernel spectra [S, L_H, L_W//2 + 1, Cin, Cout] (complex)."""
+    profiles = basis.profiles.to(weight.dtype)
+    rows = _profile_spectrum(profiles, halves[0], lengths[0], real=False)  # [S, P, L_H]
+    cols = _profile_spectrum(profiles, halves[1], lengths[1], real=True)  # [S, P, k2]
+    rows = rows[:, basis.row_index].transpose(1, 2)  # [S, L_H, F]
+    cols = cols[:, basis.col_index].transpose(1, 2)  # [S, k2, F]
+    functions = torch.view_as_real(rows[:, :, None] * cols[:, None])  # [S, L_H, k2, F, 2]
+    out_channels, in_channels, count = weight.shape
+    # One real matmul over F for the real and imaginary parts together, then one copy that puts
+    # (real, imag) last for view_as_complex.
+    spectrum = functions.transpose(-1, -2).reshape(-1, count) @ weight.reshape(-1, count).T
+    spectrum = spectrum.view(*functions.shape[:3], 2, out_channels, in_channels)
+    return torch.view_as_complex(spectrum.permute(0, 1, 2, 5, 4, 3).contiguous())
+
+
+def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
+    """2-D FFT convolution -> [B, Cout, S, H, W]."""
+    height, width = x.shape[-2:]
+    lengths, halves = _fft_plan(basis, height, width)
+    spectrum = _kernel_spectrum(weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
+    num_scales, k1, k2, in_channels, out_channels = spectrum.shape
+    x_hat = torch.fft.rfft2(x, s=lengths)  # [B, Cin, (S,) k1, k2]
+    batch = x.shape[0]
+    if x.dim() == 4 and in_channels == 1:
+        # Lifting a single channel: a broadcast product (a matmul with inner size 1 is slower).
+        y_hat = x_hat[:, :, None] * spectrum[..., 0, :].permute(3, 0, 1, 2)
+    else:
+        if x.dim() == 4:
+            x_hat = x_hat[:, :, None].expand(-1, -1, num_scales, -1, -1)
+        x_hat = x_hat.permute(2, 3, 4, 0, 1).reshape(-1, batch, in_channels)  # [S·k1·k2, B, Cin]
+        y_hat = _bmm(x_hat, spectrum.reshape(-1, in_channels, out_channels))
+        y_hat = y_hat.view(num_scales, k1, k2, batch, out_channels).permute(3, 4, 0, 1, 2)
+    return torch.fft.irfft2(y_hat, s=lengths)[..., :height, :width]
+
+
+# ------------------------------------------------------------------------------------------ rows
+
+
+def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
+    """Rows directly, columns by a 1-D FFT -> [B, Cout, S, H, W].
+
+    z = every input channel convolved along H with every profile p: [S, B, Cin·P, H, W]; then
+    y[o] = Σ_(i,p) T[o, i, p] ⋆_W z[i, p] with T[o, i, p] = Σ_(f: row(f) = p) W[o, i, f]·col(f),
+    done as a matmul [Cout, Cin·P] per scale and frequency of the W axis.
+    """
+    batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
+    out_channels, _, count = weight.shape
+    num_scales, num_profiles = basis.profiles.shape[:2]
+    profiles = basis.profiles.to(weight.dtype)
+    z = []
+    for s, (half, _) in enumerate(_half_sizes(basis, height, width)):
+        kernels = _crop(profiles[s], half).repeat(in_channels, 1)[:, None, :, None]
+        z.append(F.conv2d(_scale_input(x, s), kernels, padding=(half, 0), groups=in_channels))
+    half_w = min(basis.kernel_size // 2, width - 1)
+    length = _fft_size(width + half_w)
+    z_hat = torch.fft.rfft(torch.stack(z), n=length)  # [S, B, Cin·P, H, k]
+    bins = z_hat.shape[-1]
+    z_hat = z_hat.permute(0, 4, 2, 1, 3).reshape(num_scales * bins, in_channels * num_profiles, -1)
+
+    cols = _profile_spectrum(profiles, half_w, length, real=True)[:, basis.col_index]  # [S, F, k]
+    # W[o, i, f] placed at the row profile of f: [Cout·Cin·P, F], zero where row(f) ≠ p.
+    placed = weight.new_zeros(out_channels, in_channels, num_profiles, count)
+    placed[:, :, basis.row_index, torch.arange(count, device=weight.device)] = weight
+    mixed = placed.reshape(-1, count) @ torch.view_as_real(cols).transpose(0, 1).reshape(count, -1)
+    mixed = torch.view_as_complex(mixed.view(out_channels, -1, num_scales, bins, 2))
+    mixed = mixed.permute(2, 3, 0, 1).reshape(num_scales * bins, out_channels, -1)
+
+    y_hat = _bmm(mixed, z_hat).view(num_scales, bins, out_channels, batch, height)
+    y = torch.fft.irfft(y_hat.permute(3, 2, 0, 4, 1), n=length)  # [B, Cout, S, H, length]
+    return y[..., :width]
+
+
+# -------------------------------------------------------------------------------------- choosing
+
+
+# Cost model, fitted to forward + backward times measured on the 2-core CPU this project runs on
+# (ms, min of 3, shared machine; direct / fft / rows):
+#   toy lifting, B 8, 1→16, 168², hermite_a, K 49 (E2)        653 /  167 /  160
+#   toy lifting, K 123 (E1, ISR 7.56)                       66 157 /  290 /  213
+#   toy lifting, K 193 (E3, σ_b 4, ISR 6)                          – /  418 /  278
+#   SESN lifting, B 32, 1→32, 56², hermite_b, K 25             118 /  271 /  305
+#   SESN H→H, B 32, 32→63, 28²                                 2206 /  357 / 1884
+#   SESN H→H, B 32, 63→95, 14²                                  896 /  358 / 1368
+# Units are ns per multiply-accumulate (MAC) or per FFT "point·log2(length)".
+_NS_PER_CONV_MAC = 0.035
+_NS_PER_FFT2_POINT = 0.8
+_NS_PER_FFT1_POINT = 1.2  # 1-D transforms along W, plus the permutes around them
+_NS_PER_COMPLEX_MAC = 0.6
+_NS_PER_KERNEL_MAC = 0.2
+# oneDNN's CPU conv2d falls off a cliff for large kernels (1→48 channels on 168², forward per
+# image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
+# is only considered up to this kernel side.
+_DIRECT_MAX_SIDE = 57
+
+
+def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis) -> dict[str, float]:
+    """Estimated forward + backward time (ns) of every method for this call."""
+    batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
+    out_channels, _, count = weight.shape
+    scales, profiles = basis.profiles.shape[:2]
+    inputs = scales if x.dim() == 5 else 1
+    sides = [(2 * h + 1, 2 * w + 1) for h, w in _half_sizes(basis, height, width)]
+    costs = {}
+    if max(max(side) for side in sides) <= _DIRECT_MAX_SIDE:
+        macs = batch * height * width * in_channels * out_channels * sum(a * b for a, b in sides)
+        costs["direct"] = _NS_PER_CONV_MAC * macs
+
+    (length_h, length_w), _ = _fft_plan(basis, height, width)
+    area, bins = length_h * length_w, length_h * (length_w // 2 + 1)
+    maps = batch * (in_channels * inputs + out_channels * scales)
+    costs["fft"] = (
+        _NS_PER_FFT2_POINT * maps * area * math.log2(area)
+        + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * scales * bins
+        + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * scales * bins
+    )
+    rows = batch * scales * (in_channels * profiles + out_channels) * height
+    mix = scales * (length_w // 2 + 1) * out_channels * in_channels * profiles * batch * height
+    costs["rows"] = (
+        _NS_PER_FFT1_POINT * rows * length_w * math.log2(length_w) + _NS_PER_COMPLEX_MAC * mix
+    )
+    return costs
+
+
+def _choose(x: Tensor, weight: Tensor, basis: ScaleBasis) -> str:
+    """The method with the smallest estimated cost (a pure function of the shapes, so the choice,
+    and with it the rounding, is the same on every run)."""
+    costs = _costs(x, weight, basis)
+    return min(costs, key=costs.get)
+
+
+_METHODS = {"direct": _direct, "fft": _fft, "rows": _rows}
+
+
+def _apply(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
+    method = _choose(x, weight, basis)
+    if method == "direct":
+        return _direct(x, weight, basis)
+    # The spectral methods run outside autocast and in float32 at least: cuFFT has no bfloat16,
+    # and bfloat16 spectra would lose the agreement with the dense path.
+    dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        return _METHODS[method](x.to(dtype), weight.to(dtype), basis)
+
+
+def z2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
+    """Z2→H: x [B, Cin, H, W] -> [B, Cout, S, H, W], the same as `z2h_dense`."""
+    return _apply(x, weight, basis)
+
+
+def h2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
+    """H→H (scale_size 1): x [B, Cin, S, H, W] -> [B, Cout, S, H, W], y_s = x_s ⋆ κ_s, the same
+    as `h2h_dense`."""
+    return _apply(x, weight, basis)

@@ -1,0 +1,163 @@
+"""The fast scale-equivariant layers against the dense reference (issue #3): outputs and gradients
+with respect to the input, the weights and the internal scales, for every method of
+scalelearn.nn.fast_conv, both bases, supports that differ per scale and kernels larger than the
+image; whole models; the choice of method; and the `scalelearn bench` command."""
+
+import json
+
+import pytest
+import torch
+
+from scalelearn.cli import main
+from scalelearn.errors import ScalelearnError
+from scalelearn.nn import fast_conv
+from scalelearn.nn.conv import h2h_dense, z2h_dense
+from scalelearn.nn.hermite import HermiteBasis
+from scalelearn.nn.models import build_model
+
+# (basis, effective size, scales, H, W); the supports differ between scales wherever S > 1.
+CASES = {
+    "a_k49_over_image": ("hermite_a", 5, [2.0, 3.46, 6.0], 30, 26),  # K 49, supports 17/29/49
+    "b_small": ("hermite_b", 5, [1.0, 1.6, 2.1], 15, 17),  # K 19, supports 9/15/19
+    "a_tiny_image": ("hermite_a", 3, [1.0, 4.0], 9, 12),  # K 33, far beyond the image
+    "b_sesn": ("hermite_b", 7, [1.5, 1.89, 2.38, 3.0], 20, 20),  # SESN's basis, K 25
+    "a_one_scale": ("hermite_a", 5, [1.5], 16, 16),
+}
+METHODS = sorted(fast_conv._METHODS)
+
+
+def conv_and_grads(function, basis_args, scales, x, weight, grad_out):
+    """-> (output, grad x, grad weight, grad scales) of one layer function."""
+    scales = scales.detach().requires_grad_(True)
+    x = x.detach().requires_grad_(True)
+    weight = weight.detach().requires_grad_(True)
+    y = function(x, weight, HermiteBasis(*basis_args)(scales))
+    return (y, *torch.autograd.grad(y, [x, weight, scales], grad_out))
+
+
+def assert_all_close(actual, expected, rtol):
+    names = ("output", "grad x", "grad weight", "grad scales")
+    for name, a, e in zip(names, actual, expected, strict=True):
+        a, e = a.detach(), e.detach()
+        assert float((a - e).abs().max()) <= rtol * float(e.abs().max()), name
+
+
+def layer_inputs(case, lifting, in_channels, dtype, seed=0):
+    basis, eff, scales, height, width = CASES[case]
+    generator = torch.Generator().manual_seed(seed)
+    num_scales = len(scales)
+    shape = (
+        (2, in_channels, height, width) if lifting else (2, in_channels, num_scales, height, width)
+    )
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    weight = torch.randn(3, in_channels, eff * eff, generator=generator, dtype=dtype)
+    grad_out = torch.randn(2, 3, num_scales, height, width, generator=generator, dtype=dtype)
+    return (basis, eff), torch.tensor(scales, dtype=dtype), x, weight, grad_out
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("lifting", [True, False], ids=["z2h", "h2h"])
+def test_every_method_matches_dense_in_float64(method, case, lifting):
+    in_channels = 1 if lifting and case != "b_small" else 2
+    args = layer_inputs(case, lifting, in_channels, torch.float64)
+    reference = conv_and_grads(z2h_dense if lifting else h2h_dense, *args)
+    actual = conv_and_grads(fast_conv._METHODS[method], *args)
+    assert actual[0].shape == reference[0].shape
+    assert_all_close(actual, reference, rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["a_k49_over_image", "b_sesn"])
+def test_public_layers_match_dense_in_float32(case):
+    layers = ((True, fast_conv.z2h_fast, z2h_dense), (False, fast_conv.h2h_fast, h2h_dense))
+    for lifting, fast, dense in layers:
+        args = layer_inputs(case, lifting, 2, torch.float32, seed=1)
+        assert_all_close(conv_and_grads(fast, *args), conv_and_grads(dense, *args), rtol=2e-5)
+
+
+def _layer(batch, cin, cout, size, scales, basis="hermite_a", eff=5, lifting=True):
+    """(x, weight, basis) placeholders of a layer shape, for the cost model only."""
+    x = torch.empty(batch, cin, *(() if lifting else (len(scales),)), size, size)
+    return x, torch.empty(cout, cin, eff * eff), HermiteBasis(basis, eff)(torch.tensor(scales))
+
+
+def test_choice_follows_the_measured_winners():
+    """The cheapest method of the timings recorded next to the cost model in fast_conv."""
+    toy = [2.0, 3.4641, 6.0]  # E2, K 49
+    sesn = [1.5, 1.89, 2.38, 3.0]
+    assert fast_conv._choose(*_layer(8, 1, 16, 168, toy)) == "rows"
+    assert fast_conv._choose(*_layer(8, 1, 16, 168, [2.0, 5.5, 15.12])) == "rows"  # K 123
+    assert fast_conv._choose(*_layer(32, 1, 32, 56, sesn, "hermite_b", 7)) == "direct"
+    assert fast_conv._choose(*_layer(32, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
+    assert fast_conv._choose(*_layer(32, 63, 95, 14, sesn, "hermite_b", 7, False)) == "fft"
+    # oneDNN is pathological for huge kernels: direct is not considered for them, unless the
+    # image crops the kernel small.
+    assert "direct" not in fast_conv._costs(*_layer(1, 1, 1, 168, [2.0, 15.12]))
+    assert "direct" in fast_conv._costs(*_layer(1, 1, 1, 8, [2.0, 15.12]))
+
+
+def _model_pair(cfg):
+    """The same network (same weights) with the fast and the dense layers, in float64."""
+    torch.manual_seed(0)
+    fast = build_model({**cfg, "implementation": "fast"}).double()
+    dense = build_model({**cfg, "implementation": "dense"}).double()
+    dense.load_state_dict(fast.state_dict())
+    return fast, dense
+
+
+@pytest.mark.parametrize(
+    "cfg, size",
+    [
+        ({"name": "toy", "scale_mode": "single_ratio_squared", "learn_sigma_basis": True}, 40),
+        ({"name": "sesn", "scale_mode": "single_ratio_squared", "learn_sigma_basis": True}, 28),
+    ],
+    ids=["toy", "sesn"],
+)
+def test_models_give_the_same_logits_and_gradients(cfg, size):
+    fast, dense = _model_pair(cfg)
+    # Smooth images: on white noise the smallest scale wins the max almost everywhere, and the
+    # gradient of θ (which moves only the larger scales) would be nearly zero.
+    coarse = torch.randn(
+        3, 1, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    x = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear")
+    logits, grads = [], []
+    for model in (fast, dense):
+        model.eval()  # no dropout draws; BatchNorm uses its (identical) running statistics
+        out = model(x)
+        out.square().sum().backward()
+        logits.append(out)
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-9, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys()
+    assert {"internal_scales.sigma_basis", "internal_scales.theta"} <= grads[0].keys()
+    assert grads[1]["internal_scales.theta"].abs() > 1e-2
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-12)
+
+
+def test_bench_json_smoke(capsys):
+    main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["implementation"] for row in rows] == ["fast", "dense"]
+    for row in rows:
+        assert row["config"] == "tiny" and row["steps"] == 1 and row["images_per_s"] > 0
+        assert row["speedup"] > 0
+
+
+def test_bench_table_and_errors(capsys):
+    main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "tiny" in out and "img/s" in out and "peak MiB" in out
+    with pytest.raises(ScalelearnError, match="unknown --config"):
+        _run_bench(["--config", "nope"])
+    with pytest.raises(ScalelearnError, match="CUDA"):
+        _run_bench(["--config", "tiny", "--device", "cpu", "--bf16"])
+
+
+def _run_bench(argv):
+    """The bench verb's function, without main()'s conversion of errors into an exit."""
+    from scalelearn.cli import build_parser
+
+    args = build_parser().parse_args(["bench", *argv])
+    args.func(args)
