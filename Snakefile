@@ -12,15 +12,21 @@ import shlex
 import sys
 from pathlib import Path
 
-# The package is imported here (validation, grid expansion) and by every job as
-# `python -m scalelearn` with src/ on PYTHONPATH, which also works inside a conda env that holds
-# only the dependencies, and on cluster nodes (the prefix is part of each job's command).
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+# Every job calls the package's command line, `scalelearn VERB ...`, defined in the shell prefix
+# as a function that runs the Python that runs Snakemake (its environment has every dependency,
+# activated or not), or the conda env's python under --use-conda. src/ goes on PYTHONPATH, so
+# a conda env needs only the dependencies, and cluster nodes need no install of the package.
 SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, SRC)
+sys.path.insert(0, SRC)  # for the config validation and grid expansion below
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
 # A prefix replaces Snakemake's default bash strict mode, so it is restated; the prefix is
 # formatted like a shell command, hence the doubled braces.
 shell.prefix(
-    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(SRC)
+    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
+    'scalelearn() {{ %s -m scalelearn "$@"; }}; ' % (shlex.quote(SRC), PYTHON)
 )
 
 

@@ -11,7 +11,7 @@ rule aggregate:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn aggregate --out {output} {input} > {log} 2>&1"
+        "scalelearn aggregate --out {output} {input} > {log} 2>&1"
 
 
 rule table_isr_curve:
@@ -27,7 +27,7 @@ rule table_isr_curve:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn table isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
+        "scalelearn table isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
 
 
 rule plot_isr_curve:
@@ -48,7 +48,7 @@ rule plot_isr_curve:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn plot isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
+        "scalelearn plot isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
 
 
 rule table_learned_scales:
@@ -67,5 +67,5 @@ rule table_learned_scales:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn table learned-scales --runs {input.runs} {params.reference}"
+        "scalelearn table learned-scales --runs {input.runs} {params.reference}"
         " --out {params.stem} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule mnist_pool:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn data pool {params.source} --out {output.npz} > {log} 2>&1"
+        "scalelearn data pool {params.source} --out {output.npz} > {log} 2>&1"
 
 
 rule dataset_scale_distribution:
@@ -43,7 +43,7 @@ rule dataset_scale_distribution:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn data scale-distribution --pool {input.pool}"
+        "scalelearn data scale-distribution --pool {input.pool}"
         " --width {params.width} --canvas {params.canvas} --seed {wildcards.seed}"
         " --split {params.split} {params.antialias} --out {output.npz} > {log} 2>&1"
 
@@ -71,6 +71,6 @@ rule dataset_mnist_scale:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn data mnist-scale --pool {input.pool} --seed {wildcards.seed}"
+        "scalelearn data mnist-scale --pool {input.pool} --seed {wildcards.seed}"
         " --scale-range {params.scale_range} --split {params.split} {params.antialias}"
         " --out {output.npz} > {log} 2>&1"

@@ -21,6 +21,6 @@ rule train:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "python -m scalelearn train --run-config {params.run_config:q} --out {params.folder}"
+        "scalelearn train --run-config {params.run_config:q} --out {params.folder}"
         " --threads {threads}"
         " > {log} 2>&1"

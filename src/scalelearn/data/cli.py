@@ -56,32 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "centre) by s ~ LogUniform[1, b], one draw per image, stored.",
     )
     scale.add_argument(
-        "--pool", required=True, type=Path, help="the pool .npz (scalelearn data pool)"
-    )
-    scale.add_argument(
         "--width", required=True, type=float, help="distribution width b >= 1, e.g. 2.83, 4.76, 8"
     )
     scale.add_argument(
         "--canvas", type=int, default=168, help="canvas size in pixels (default: %(default)s)"
     )
-    scale.add_argument(
-        "--seed", required=True, type=int, help="realisation seed (split and scales)"
-    )
-    scale.add_argument(
-        "--split",
-        nargs=3,
-        type=int,
-        metavar=("TRAIN", "VAL", "TEST"),
-        default=[10_000, 5_000, 50_000],
-        help=SPLIT_HELP,
-    )
-    scale.add_argument("--antialias", action="store_true", help=ANTIALIAS_HELP)
-    scale.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="output .npz, e.g. results/data/scale_distribution/b8/seed0.npz",
-    )
+    _dataset_arguments(scale, [10_000, 5_000, 50_000], "scale_distribution/b8/seed0.npz")
     scale.set_defaults(func=run_scale_distribution)
 
     sesn = verbs.add_parser(
@@ -92,18 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Uniform[low, high] on its own 28x28 canvas.",
     )
     sesn.add_argument(
-        "--pool", required=True, type=Path, help="the pool .npz (scalelearn data pool)"
-    )
-    sesn.add_argument("--seed", required=True, type=int, help="realisation seed (split and scales)")
-    sesn.add_argument(
-        "--split",
-        nargs=3,
-        type=int,
-        metavar=("TRAIN", "VAL", "TEST"),
-        default=[10_000, 2_000, 50_000],
-        help=SPLIT_HELP,
-    )
-    sesn.add_argument(
         "--scale-range",
         nargs=2,
         type=float,
@@ -111,14 +79,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[0.3, 1.0],
         help="scale factor range (default: %(default)s)",
     )
-    sesn.add_argument("--antialias", action="store_true", help=ANTIALIAS_HELP)
-    sesn.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="output .npz, e.g. results/data/mnist_scale/sesn/seed0.npz",
-    )
+    _dataset_arguments(sesn, [10_000, 2_000, 50_000], "mnist_scale/sesn/seed0.npz")
     sesn.set_defaults(func=run_mnist_scale)
+
+
+def _dataset_arguments(parser: argparse.ArgumentParser, split: list[int], example: str) -> None:
+    """The arguments both dataset verbs share: pool, seed, split sizes, antialias, output."""
+    parser.add_argument(
+        "--pool", required=True, type=Path, help="the pool .npz (scalelearn data pool)"
+    )
+    parser.add_argument(
+        "--seed", required=True, type=int, help="realisation seed (split and scales)"
+    )
+    parser.add_argument(
+        "--split",
+        nargs=3,
+        type=int,
+        metavar=("TRAIN", "VAL", "TEST"),
+        default=split,
+        help=SPLIT_HELP,
+    )
+    parser.add_argument("--antialias", action="store_true", help=ANTIALIAS_HELP)
+    parser.add_argument(
+        "--out", required=True, type=Path, help=f"output .npz, e.g. results/data/{example}"
+    )
 
 
 def run_pool(args: argparse.Namespace) -> None:
