@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import threading
 import time
 
+from scalelearn.allocator import allocated_bytes, reuse_freed_memory
 from scalelearn.errors import ScalelearnError
 
 # model: overrides of MODEL_DEFAULTS; input: [C, H, W]; slow_dense: the dense reference takes
@@ -73,9 +73,9 @@ IMPLEMENTATIONS = ("fast", "dense")
 class _PeakMemory:
     """Peak memory of the code run inside `with`, in MiB above the level at entry.
 
-    CUDA: torch.cuda.max_memory_allocated (tensors only). CPU: the process's resident set size
-    sampled every 2 ms by a thread (psutil, else /proc/self/statm); allocator caches and memory
-    freed between two samples are missed, so it is a lower bound of the step's working memory.
+    CUDA: torch.cuda.max_memory_allocated. CPU: the bytes malloc has handed out
+    (scalelearn.allocator.allocated_bytes), sampled every 2 ms by a thread, so a peak shorter
+    than that can be missed: a lower bound of the step's working memory.
     """
 
     def __init__(self, device):
@@ -90,7 +90,7 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
-        self._start = _rss_bytes()
+        self._start = allocated_bytes()
         self._peak = self._start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -100,7 +100,7 @@ class _PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.002):
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, allocated_bytes())
 
     def __exit__(self, *exc) -> None:
         import torch
@@ -114,23 +114,7 @@ class _PeakMemory:
             return
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, _rss_bytes())
         self.peak_mib = (self._peak - self._start) / 2**20
-
-
-def _rss_bytes() -> int | None:
-    """Resident set size of this process in bytes (None where it cannot be read)."""
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        pass
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
 
 
 def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, bf16: bool):
@@ -280,6 +264,8 @@ def _device(choice: str):
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    # As in training (scalelearn.train.run): both implementations measured under it.
+    reuse_freed_memory()
     names = args.config or list(DEFAULT_CONFIGS)
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
@@ -304,7 +290,7 @@ def run(args: argparse.Namespace) -> None:
     memory_kind = (
         "torch.cuda.max_memory_allocated above the level before the first measured step"
         if device.type == "cuda"
-        else "growth of the process's resident set size during the first measured step "
+        else "malloc's allocated bytes above the level before the first measured step "
         "(sampled every 2 ms)"
     )
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")

@@ -19,6 +19,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from scalelearn.allocator import reuse_freed_memory
 from scalelearn.data.datasets import load_dataset
 from scalelearn.data.loader import Batches, train_statistics
 from scalelearn.data.store import write_json
@@ -153,6 +154,7 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
     Returns the summary (also written to out_dir/summary.json, last, as the completion marker).
     """
     started = time.time()
+    reuse_freed_memory()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
