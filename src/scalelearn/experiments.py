@@ -11,8 +11,8 @@ default to all widths / seeds of the dataset section); every other key overrides
 list of grids whose runs are joined, for designs with exclusions. Numeric keys accept a geometric
 series `{start, steps_per_octave, num}` = start * 2^(i / steps_per_octave), i = 0..num-1.
 
-Resolved run config (see the contract in the README): model = MODEL_DEFAULTS[name] <- experiment
-model <- grid values; train = top-level `train` <- experiment `train` <- grid values.
+Resolved run config (`scalelearn runs --show RUN_ID` prints one): model = MODEL_DEFAULTS[name]
+<- experiment model <- grid values; train = top-level `train` <- experiment `train` <- grid values.
 """
 
 from __future__ import annotations

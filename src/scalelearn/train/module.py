@@ -35,7 +35,7 @@ def scale_lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
 
 
 class ScaleLearner(pl.LightningModule):
-    """Classifier training for one run config (see CONTRACT: `model` and `train` sections).
+    """Classifier training for one run config (its `model` and resolved `train` sections).
 
     Batches arrive as uint8 images [B, 1, H, W] and int64 labels [B]; `mean`/`std` are the
     train-split statistics of images / 255.

@@ -149,7 +149,8 @@ class _EpochShuffle(Callback):
 
 
 def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | None = None) -> dict:
-    """Train the run described by `run_config` (CONTRACT: run config) into `out_dir`.
+    """Train the run described by `run_config` (as `scalelearn runs --show` prints it) into
+    `out_dir`.
 
     Returns the summary (also written to out_dir/summary.json, last, as the completion marker).
     """
