@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scalelearn.analysis.output import atomic_path
+from scalelearn.atomic import atomic_path
 from scalelearn.errors import ScalelearnError
 
 

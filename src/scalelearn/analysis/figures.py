@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from scalelearn.analysis.output import atomic_path  # noqa: E402
+from scalelearn.atomic import atomic_path  # noqa: E402
 
 
 def save_figure(figure: plt.Figure, stem: str | os.PathLike) -> list[Path]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scalelearn.analysis.aggregate import write_csv
-from scalelearn.analysis.output import write_text
+from scalelearn.atomic import write_text
 from scalelearn.errors import ScalelearnError
 
 

@@ -10,35 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from scalelearn.atomic import atomic_path, write_text
 from scalelearn.errors import ScalelearnError
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def _temporary_path(path: Path) -> Path:
-    """A new empty file beside ``path`` (same file system, so ``os.replace`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
-
-
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically write ``arrays`` as a compressed .npz with reproducible bytes."""
-    path = Path(path)
-    tmp = _temporary_path(path)
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
             for key, value in arrays.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
@@ -46,20 +32,11 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None
                 info.external_attr = 0o644 << 16
                 with archive.open(info, mode="w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(value))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, data: Mapping) -> None:
     """Atomically write ``data`` as indented JSON (keys in insertion order)."""
-    path = Path(path)
-    tmp = _temporary_path(path)
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from scalelearn.allocator import reuse_freed_memory
+from scalelearn.atomic import atomic_path, write_text
 from scalelearn.data.datasets import load_dataset
 from scalelearn.data.loader import Batches, train_statistics
 from scalelearn.data.store import write_json
@@ -48,11 +49,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     truncated `last.ckpt` that would break the resume."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class EpochRecorder(Callback):
@@ -100,9 +98,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(buffer.getvalue())
-    os.replace(temporary, path)
+    write_text(path, buffer.getvalue())
 
 
 def resolve_train_config(train: dict) -> dict:
