@@ -163,14 +163,16 @@ def _file_record(path: Path) -> dict:
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """Read one IDX file of unsigned bytes; ``magic`` 2051 for images, 2049 for labels."""
     path = Path(path)
+    raw = path.read_bytes()
     expected_md5 = KNOWN_MD5.get(path.name)
-    if expected_md5 is not None and _md5(path) != expected_md5:
+    found_md5 = hashlib.md5(raw).hexdigest() if expected_md5 else None
+    if found_md5 != expected_md5:
         raise ScalelearnError(
-            f"{path} is corrupt or not the official file: its md5 is {_md5(path)}, torchvision's "
+            f"{path} is corrupt or not the official file: its md5 is {found_md5}, torchvision's "
             f"checksum is {expected_md5}; replace the file (or remove it to use the other pairs)"
         )
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError) as error:
         raise ScalelearnError(
             f"{path} cannot be decompressed ({error}); replace the file"
