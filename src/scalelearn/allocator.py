@@ -6,7 +6,7 @@ when freed, so each step pays page faults to zero new pages: the quick preset on
 spent twice as long in the kernel (55 min) as in user space (27 min). Raising the mmap and trim
 thresholds makes malloc reuse its heap. Measured with `scalelearn bench --threads 2`: fast E2 toy
 step 0.22 s -> 0.14-0.16 s, fast E5 SESN step 1.0 s -> 0.66-0.84 s (the dense reference, whose
-steps are dominated by compute, changes by under 5%). The cost: the process keeps its peak
+steps are dominated by compute, changes by 5% or less). The cost: the process keeps its peak
 memory until it exits, which is what a training process uses anyway.
 """
 
