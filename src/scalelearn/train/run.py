@@ -176,8 +176,12 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
         monitor="val_acc",
         mode="max",
         save_top_k=1,
-        save_last=True,
         enable_version_counter=False,
+    )
+    # Its own callback: Lightning 2.6's `save_last` rewrites last.ckpt only in the epochs that
+    # improve the best one, which leaves a stale last.ckpt (and a resume from an old epoch).
+    latest = ModelCheckpoint(
+        dirpath=out, filename="last", save_top_k=1, enable_version_counter=False
     )
     recorder = EpochRecorder(out / "metrics.csv")
     on_cpu = train["accelerator"] == "cpu" or not torch.cuda.is_available()
@@ -185,7 +189,7 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
         max_epochs=train["epochs"],
         accelerator=train["accelerator"],
         devices=1,
-        callbacks=[best, recorder, _EpochShuffle(loaders["train"])],
+        callbacks=[best, latest, recorder, _EpochShuffle(loaders["train"])],
         plugins=[AtomicCheckpointIO()],
         logger=False,
         default_root_dir=out,
