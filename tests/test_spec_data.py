@@ -46,7 +46,7 @@ def test_same_seed_same_bytes_other_seed_other_data(pool, tmp_path, build):
         arrays, manifest = build(images, labels, seed)
         path = tmp_path / name / f"seed{seed}.npz"
         files[name] = (arrays, datasets.save_dataset(path, arrays, manifest), path.read_bytes())
-    (first, manifest_a, bytes_a), (again, manifest_b, bytes_b) = files["a"], files["b"]
+    (first, manifest_a, bytes_a), (_, manifest_b, bytes_b) = files["a"], files["b"]
     assert bytes_a == bytes_b and manifest_a["sha256"] == manifest_b["sha256"]
     other, manifest_c, _ = files["c"]
     assert manifest_c["sha256"] != manifest_a["sha256"]

@@ -434,9 +434,9 @@ def measured_factor(image: torch.Tensor, original: torch.Tensor) -> tuple[float,
 
 
 def test_rescale_augmentation_in_training(blob_dataset, tmp_path):
-    """"+": every training input is the stored image rescaled about the centre by a fresh
-    factor in [0.5, 2] (uniform: mean 1.25, a third below 1), drawn per image and per epoch;
-    validation and test inputs are the stored images."""
+    """The "+" augmentation: every training input is the stored image rescaled about the
+    centre by a fresh factor in [0.5, 2] (uniform: mean 1.25, a third below 1), drawn per image
+    and per epoch; validation and test inputs are the stored images."""
     config = run_config(blob_dataset, {"scale_mode": "fixed"}, augment="rescale")
     network = type(build_model(config["model"]))
     stored = datasets.load_dataset(blob_dataset)["train_images"].astype(np.float64) / 255.0
