@@ -3,6 +3,7 @@ environment, and the CI preset run end to end (data -> training -> aggregate -> 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,9 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 import tomllib
 import yaml
+
+from scalelearn.experiments import experiment_runs, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,11 +73,18 @@ def test_conda_env_lists_every_dependency():
     assert "python=3.11" in env["dependencies"]
 
 
-def test_ci_preset_runs_end_to_end(tmp_path):
-    """The whole DAG on the embedded digits: pool, datasets, 5 runs, tables and the E1 figure."""
-    workdir = copy_workflow(tmp_path / "workflow")
+@pytest.fixture(scope="module")
+def ci_preset(tmp_path_factory) -> Path:
+    """The CI preset run once in a copy of the workflow; its working directory."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("ci") / "workflow")
     result = snakemake("--cores", "2", "--configfile", "config/test.yaml", cwd=workdir)
     assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_ci_preset_runs_end_to_end(ci_preset):
+    """The whole DAG on the embedded digits: pool, datasets, 5 runs, tables and the E1 figure."""
+    workdir = ci_preset
     results = workdir / "results"
     for stem in ("figures/e1_isr", "tables/e1_isr", "tables/e2_learned"):
         for suffix in (".pdf", ".png") if stem.startswith("figures") else (".csv", ".tex"):
@@ -90,3 +102,60 @@ def test_ci_preset_runs_end_to_end(tmp_path):
     # A second call has nothing to do.
     again = snakemake("-n", "--configfile", "config/test.yaml", cwd=workdir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def run_summaries(workdir: Path, experiment: str) -> pd.DataFrame:
+    """One row per run the config lists: its grid point and its summary.json."""
+    config = load_config(workdir / "config/test.yaml")
+    rows = []
+    for run in experiment_runs(config, experiment):
+        summary = json.loads((workdir / run.summary).read_text())
+        assert summary["status"] == "ok", run.run_id
+        rows.append({**{f"grid_{k}": v for k, v in run.config["grid"].items()}, **summary})
+    return pd.DataFrame(rows)
+
+
+def per_width(frame: pd.DataFrame, column: str = "width") -> pd.Series:
+    return frame[column].round(6)
+
+
+def test_ci_preset_tables_agree_with_run_summaries(ci_preset):
+    """Every cell of the E1 and E2 tables recomputed from the runs' summary.json files."""
+    e1 = run_summaries(ci_preset, "e1")
+    expected = (
+        e1.assign(width=per_width(e1, "grid_width"), isr=e1["grid_isr"])
+        .groupby(["width", "isr"])["test_error"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
+    table = pd.read_csv(ci_preset / "results/tables/e1_isr.csv")
+    table["width"] = per_width(table)
+    merged = table.merge(expected, on=["width", "isr"], how="outer", validate="one_to_one")
+    assert (
+        len(merged) == len(table) == len(expected) == e1.groupby(["grid_width", "grid_isr"]).ngroups
+    )
+    assert (merged["n_runs"] == merged["count"]).all()
+    assert merged["n_runs"].sum() == len(e1)
+    assert np.allclose(merged["test_error_mean"], merged["mean"], rtol=1e-9)
+    assert np.allclose(merged["test_error_std"], merged["std"], rtol=1e-9, equal_nan=True)
+    best = expected.loc[expected.groupby("width")["mean"].idxmin(), ["width", "isr"]]
+    flagged = table.loc[table["best"].astype(bool), ["width", "isr"]]
+    assert sorted(map(tuple, flagged.to_numpy())) == sorted(map(tuple, best.to_numpy()))
+
+    e2 = run_summaries(ci_preset, "e2").assign(width=lambda f: per_width(f, "grid_width"))
+    learned = pd.read_csv(ci_preset / "results/tables/e2_learned.csv")
+    learned["width"] = per_width(learned)
+    assert sorted(learned["width"]) == sorted(e2["width"].unique())
+    for _, row in learned.iterrows():
+        runs = e2[e2["width"] == row["width"]]
+        assert row["n_runs"] == len(runs)
+        for column in ("test_error", "isr", "sigma_basis"):
+            assert np.isclose(row[f"{column}_mean"], runs[column].mean(), rtol=1e-9), column
+        scales = np.mean(runs["internal_scales"].tolist(), axis=0)
+        assert np.allclose([row[f"scale_{i}"] for i in range(len(scales))], scales, rtol=1e-9)
+        fixed = best[best["width"] == row["width"]]
+        assert row["best_fixed_isr"] == fixed["isr"].item()
+        reference = expected[
+            (expected["width"] == row["width"]) & (expected["isr"] == row["best_fixed_isr"])
+        ]
+        assert np.isclose(row["best_fixed_error_mean"], reference["mean"].item(), rtol=1e-9)
