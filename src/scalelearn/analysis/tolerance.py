@@ -5,8 +5,8 @@ Work in x = log2(data scale). Internal scale i of N covers the data scales aroun
 tolerance of std T octaves: μ_i = log2(ref · p^{i/(N−1)}), g_i(x) = exp(−(x − μ_i)² / (2T²)) (a
 Gaussian scaled to peak 1), and the model's coverage is P(x) = Σ_i g_i(x), normalised on the grid.
 The data distribution Q(x) is the log-uniform on [log2 a, log2 b] (a = 1: the scale-distribution
-datasets are LogUniform[1, b]) with half-Gaussian tails of std 0.4 octave beyond each bound that start
-at the uniform's height, normalised on the grid, zeros replaced by 1e−100. One fit over K
+datasets are LogUniform[1, b]) with half-Gaussian tails of std 0.4 octave beyond each bound that
+start at the uniform's height, normalised on the grid, zeros replaced by 1e−100. One fit over K
 distributions finds ref_k and p_k per distribution and one shared T by minimising Σ_k KL(P_k ‖ Q_k)
 with Nelder–Mead (bounds ref ≥ 0.5, p ≥ 1.5, T ≥ 0.1; start ref 1, p 2, T 0.1) on 10,000 points of
 [log2 0.5, log2 17]. p_k is the predicted ISR; the predicted scales ref_k · p_k^{i/(N−1)} are in the
@@ -60,7 +60,7 @@ class WidthFit:
 
 @dataclass
 class ToleranceFit:
-    """The joint fit over several widths: one shared tolerance T (octaves), ref and ISR per width."""
+    """The joint fit over several widths: one shared tolerance T (octaves); ref, ISR per width."""
 
     T: float
     widths: list[WidthFit]
@@ -91,7 +91,9 @@ def data_distribution(x: np.ndarray, widths_octaves) -> np.ndarray:
 def internal_scales(ref, isr, num_scales: int) -> np.ndarray:
     """ref · isr^{i/(N−1)}: ref, isr [K] -> [K, N]."""
     exponents = np.arange(num_scales) / (num_scales - 1)
-    return np.asarray(ref, dtype=float)[:, None] * np.asarray(isr, dtype=float)[:, None] ** exponents
+    return (
+        np.asarray(ref, dtype=float)[:, None] * np.asarray(isr, dtype=float)[:, None] ** exponents
+    )
 
 
 def coverage(x: np.ndarray, ref, isr, T: float, num_scales: int) -> np.ndarray:
