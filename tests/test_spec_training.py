@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
@@ -394,6 +395,9 @@ def test_nan_in_the_scales_fails_loudly(shifted_dataset, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ "+" augmentation
 
 
+BLOB_TRAIN = 120  # × 2 epochs: 240 draws, enough to tell uniform from log-uniform factors
+
+
 def blob(canvas: int = CANVAS, sigma: float = 2.5) -> np.ndarray:
     """A centred Gaussian blob, uint8 [canvas, canvas]."""
     x = np.arange(canvas) - (canvas - 1) / 2
@@ -405,7 +409,7 @@ def blob(canvas: int = CANVAS, sigma: float = 2.5) -> np.ndarray:
 def blob_dataset(tmp_path_factory) -> str:
     rng = np.random.default_rng(0)
     arrays = {}
-    for split, n in (("train", 60), ("val", 20), ("test", 20)):
+    for split, n in (("train", BLOB_TRAIN), ("val", 20), ("test", 20)):
         arrays[f"{split}_images"] = np.repeat(blob()[None], n, axis=0)
         arrays[f"{split}_labels"] = rng.integers(0, 10, n).astype(np.int64)
         arrays[f"{split}_scales"] = np.ones(n, dtype=np.float32)
@@ -459,8 +463,9 @@ def test_rescale_augmentation_in_training(blob_dataset, tmp_path):
         assert (grey - grey.round()).abs().max() < 0.02, "inputs are normalised grey levels"
         (train_inputs if training else eval_inputs).append(grey.round()[:, 0])
     assert eval_inputs and all(torch.equal(x, original.expand_as(x)) for x in eval_inputs)
-    per_epoch = [torch.cat(train_inputs[:3]), torch.cat(train_inputs[3:])]
-    assert [len(x) for x in per_epoch] == [60, 60]
+    batches = math.ceil(BLOB_TRAIN / config["train"]["batch_size"])
+    per_epoch = [torch.cat(train_inputs[:batches]), torch.cat(train_inputs[batches:])]
+    assert [len(x) for x in per_epoch] == [BLOB_TRAIN, BLOB_TRAIN]
     factors = []
     for epoch in per_epoch:
         fits = [measured_factor(image, original) for image in epoch]
@@ -468,8 +473,10 @@ def test_rescale_augmentation_in_training(blob_dataset, tmp_path):
         factors.append(np.array([factor for factor, _ in fits]))
     everything = np.concatenate(factors)
     assert everything.min() >= 0.5 - 5e-3 and everything.max() <= 2.0 + 5e-3
-    assert abs(everything.mean() - 1.25) < 0.15
-    assert 0.18 < np.mean(everything < 1.0) < 0.5
+    # Uniform on [0.5, 2]: mean 1.25 (log-uniform: 1.08), a third below 1 (log-uniform: half).
+    assert abs(everything.mean() - 1.25) < 0.09
+    assert 0.23 < np.mean(everything < 1.0) < 0.43
+    assert scipy.stats.kstest(everything, scipy.stats.uniform(0.5, 1.5).cdf).pvalue > 1e-3
     assert len(np.unique(everything[:20].round(3))) > 15, "one factor per image, not per batch"
     assert not np.allclose(np.sort(factors[0]), np.sort(factors[1]), atol=0.01), "fresh draws"
 
