@@ -291,7 +291,7 @@ def frozen_sigma_run(shifted_dataset, tmp_path_factory):
         "epochs": 3,
         "lr_milestones": [2],
         "lr_gamma": 0.1,
-        "scale_lr": 0.2,
+        "scale_lr": 0.05,
         "scale_warmup_epochs": 2,
         "scale_lr_milestones": [1],
         "scale_lr_gamma": 0.5,
@@ -307,7 +307,7 @@ def test_warm_up_and_decay_in_training(frozen_sigma_run):
     folder, _, _ = frozen_sigma_run
     rows = read_metrics(folder)
     assert [row["lr"] for row in rows] == pytest.approx([0.01, 0.01, 0.001])
-    assert [row["scale_lr"] for row in rows] == pytest.approx([0.0, 0.2 * 0.5 * 0.5, 0.2 * 0.5])
+    assert [row["scale_lr"] for row in rows] == pytest.approx([0.0, 0.05 * 0.5 * 0.5, 0.05 * 0.5])
 
 
 def test_frozen_sigma_b_stays_out_of_every_group(frozen_sigma_run):
@@ -315,7 +315,7 @@ def test_frozen_sigma_b_stays_out_of_every_group(frozen_sigma_run):
     (scales,) = probe.scale_modules()
     in_groups = set().union(*(ids for _, ids in probe.groups()))
     assert id(scales.sigma_basis) not in in_groups or not scales.sigma_basis.requires_grad
-    scale_group = next(ids for lr, ids in probe.groups() if lr == 0.2)
+    scale_group = next(ids for lr, ids in probe.groups() if lr == 0.05)
     assert scale_group == {id(scales.theta)}
     rows = read_metrics(folder)
     assert all(row["scale_0"] == 1.0 and row["sigma_basis"] == 1.0 for row in rows)
