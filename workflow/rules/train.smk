@@ -13,7 +13,9 @@ rule train:
         folder=lambda w, output: os.path.dirname(output.summary),
     log:
         "results/logs/train/{experiment}/{run_id}.log",
-    threads: CONFIG["resources"]["train"]["threads"]
+    # The job uses train.threads whatever Snakemake grants (numbers depend on it on a CPU);
+    # Snakemake reserves that many cores (capped at --cores).
+    threads: lambda w: lookup_run(w).config["train"]["threads"]
     resources:
         mem_mb=CONFIG["resources"]["train"]["mem_mb"],
         runtime=CONFIG["resources"]["train"]["runtime"],
@@ -22,5 +24,4 @@ rule train:
         "../../envs/scalelearn.yaml"
     shell:
         "scalelearn train --run-config {params.run_config:q} --out {params.folder}"
-        " --threads {threads}"
         " > {log} 2>&1"
