@@ -624,6 +624,32 @@ def find_run(config: dict, run_id: str, experiment: str | None = None) -> Run:
     )
 
 
+def run_status(run: Run) -> str:
+    """ "ok", a failure status ("diverged", ...) from the run's summary.json, or "missing"."""
+    try:
+        return json.loads(Path(run.summary).read_text()).get("status", "missing")
+    except (OSError, ValueError):
+        return "missing"
+
+
+def failed_runs(runs: list[Run]) -> list[str]:
+    """One line per run whose summary is missing or not ok, e.g.
+    'e2/b2_seed0: diverged (mean training loss 1e+14 at epoch 0 exceeds ...)'."""
+    lines = []
+    for run in runs:
+        status = run_status(run)
+        if status == "ok":
+            continue
+        if status == "missing":
+            lines.append(
+                f"{run.experiment}/{run.run_id}: no summary (the job failed or did not run)"
+            )
+            continue
+        reason = json.loads(Path(run.summary).read_text()).get("reason", "")
+        lines.append(f"{run.experiment}/{run.run_id}: {status} ({reason})")
+    return lines
+
+
 # --------------------------------------------------------------------------------------------
 # run configs (what `scalelearn train` reads)
 

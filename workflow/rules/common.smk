@@ -90,10 +90,50 @@ ANALYSIS_OUTPUTS = {
 }
 
 
-def all_targets():
-    targets = []
+def analysis_outputs(experiment):
+    """The aggregate and analysis outputs made from an experiment's runs (its own analyses, and
+    the learned-scales tables of the experiments that compare with it)."""
+    outputs = [f"results/aggregate/{experiment}.csv"]
     for name, spec in CONFIG["experiments"].items():
-        targets.append(f"results/aggregate/{name}.csv")
-        for analysis in spec.get("analyses", []):
-            targets += [t.format(experiment=name) for t in ANALYSIS_OUTPUTS[analysis]]
-    return targets
+        if name == experiment or spec.get("compare_with") == experiment:
+            for analysis in spec.get("analyses", []):
+                if name == experiment or analysis == "learned_scales":
+                    outputs += [t.format(experiment=name) for t in ANALYSIS_OUTPUTS[analysis]]
+    return outputs
+
+
+def all_targets():
+    """Every dataset and every run's summary, not only the tables: a dataset or a run folder
+    that is missing (deleted after a failure) is rebuilt by the same command, and the tables
+    after it (their inputs are then newer)."""
+    targets = [dataset.path for dataset in DATASETS.values()]
+    for name in CONFIG["experiments"]:
+        targets += [run.summary for run in RUNS[name]]
+        targets += analysis_outputs(name)
+    return list(dict.fromkeys(targets))
+
+
+def report_failed_runs():
+    """Print one line per run that diverged or has no summary (the tables count them too)."""
+    lines = sl.failed_runs([run for runs in RUNS.values() for run in runs])
+    if lines:
+        print(f"scalelearn: {len(lines)} run(s) did not finish ok:", file=sys.stderr)
+        for line in lines:
+            print(f"  {line}", file=sys.stderr)
+
+
+def remove_stale_analyses():
+    """After a failed job: delete the aggregate, tables and figures of every experiment with a
+    run that has no summary, so no table outlives the runs it summarises; the next successful
+    run of the same command rebuilds them."""
+    for name, runs in RUNS.items():
+        missing = [run.run_id for run in runs if not os.path.exists(run.summary)]
+        if not missing:
+            continue
+        for path in analysis_outputs(name):
+            if os.path.exists(path):
+                os.remove(path)
+                print(
+                    f"scalelearn: removed {path}: run {name}/{missing[0]} has no summary",
+                    file=sys.stderr,
+                )

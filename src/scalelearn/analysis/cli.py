@@ -18,7 +18,10 @@ from scalelearn.analysis import aggregate, tables
 def _aggregate(args: argparse.Namespace) -> None:
     frame = aggregate.collect_runs(args.runs)
     aggregate.write_csv(frame, args.out)
-    print(f"{args.out}: {len(frame)} runs")
+    failed = frame[frame["status"] != "ok"]
+    print(f"{args.out}: {len(frame)} runs, {len(failed)} failed")
+    for row in failed.itertuples():
+        print(f"  {row.experiment}/{row.run_id}: {row.status} ({getattr(row, 'reason', '')})")
 
 
 def _table_isr_curve(args: argparse.Namespace) -> None:

@@ -4,6 +4,9 @@ for the paper layout.
 - `isr_curve_table` (E1): test error mean ± std over seeds per (width, ISR), best ISR per width.
 - `learned_scales_table` (E2): per width the test error and the learned sigma_b, ISR and scales,
   next to the best fixed ISR of a reference experiment (E1).
+
+Failed runs (status other than "ok", e.g. diverged) are counted, never averaged: every table has
+`n_runs` (ok runs, whose numbers make the means) and `n_failed` per cell (`cell_stats`).
 """
 
 from __future__ import annotations
@@ -28,23 +31,45 @@ def _require(runs: pd.DataFrame, columns: list[str], what: str) -> None:
         )
 
 
-def _mean_std(group: pd.core.groupby.DataFrameGroupBy, column: str, name: str) -> pd.DataFrame:
-    """mean, sample std (ddof 1; NaN for a single seed) and count of a column per group."""
-    stats = group[column].agg(["mean", "std", "count"])
-    return stats.rename(columns={"mean": f"{name}_mean", "std": f"{name}_std", "count": "n_runs"})
+def run_ok(runs: pd.DataFrame) -> pd.Series:
+    """True for the runs that finished ok (an aggregate without `status`: all)."""
+    if "status" not in runs:
+        return pd.Series(True, index=runs.index)
+    return runs["status"].fillna("missing") == "ok"
+
+
+def cell_stats(
+    runs: pd.DataFrame, by: list[str], columns: list[str], std: bool = True
+) -> pd.DataFrame:
+    """One row per cell (the values of `by`): `n_runs` (ok runs), `n_failed` (the others) and,
+    over the ok runs only, `<column>_mean` and `<column>_std` (sample std, ddof 1; NaN for one
+    run) of each column. Cells whose runs all failed are kept, with NaN numbers."""
+    runs = runs.assign(_ok=run_ok(runs))
+    for column in columns:
+        if column not in runs:  # every run of the aggregate failed: no numbers at all
+            runs[column] = np.nan
+    counts = runs.groupby(by, sort=True)["_ok"].agg(n_runs="sum", n_failed=lambda ok: (~ok).sum())
+    stats = (
+        runs[runs["_ok"]].groupby(by, sort=True)[columns].agg(["mean", "std"] if std else ["mean"])
+    )
+    stats.columns = [f"{column}_{stat}" for column, stat in stats.columns]
+    table = counts.join(stats, how="left").reset_index()
+    return table.astype({"n_runs": int, "n_failed": int})
 
 
 def isr_curve_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Columns: width, isr, n_runs, test_error_mean, test_error_std, best (the ISR with the
-    lowest mean error of its width). One row per (width, ISR), sorted."""
-    _require(runs, ["grid_width", "grid_isr", "test_error"], "the ISR curve")
-    group = runs.groupby(["grid_width", "grid_isr"], sort=True)
-    table = _mean_std(group, "test_error", "test_error").reset_index()
+    """Columns: width, isr, n_runs, n_failed, test_error_mean, test_error_std, best (the ISR with
+    the lowest mean error of its width, among cells with ok runs). One row per (width, ISR)."""
+    _require(runs, ["grid_width", "grid_isr"], "the ISR curve")
+    table = cell_stats(runs, ["grid_width", "grid_isr"], ["test_error"])
     table = table.rename(columns={"grid_width": "width", "grid_isr": "isr"})
-    best = table.groupby("width")["test_error_mean"].idxmin()
+    measured = table.dropna(subset=["test_error_mean"])
+    best = measured.groupby("width")["test_error_mean"].idxmin()
     table["best"] = False
     table.loc[best.to_numpy(), "best"] = True
-    return table[["width", "isr", "n_runs", "test_error_mean", "test_error_std", "best"]]
+    return table[
+        ["width", "isr", "n_runs", "n_failed", "test_error_mean", "test_error_std", "best"]
+    ]
 
 
 def best_isr_per_width(curve: pd.DataFrame) -> pd.DataFrame:
@@ -57,17 +82,16 @@ def learned_scales_table(runs: pd.DataFrame, reference: pd.DataFrame | None = No
     """Per width: n_runs, test error, learned sigma_b and ISR (mean and std over seeds) and the
     mean learned internal scales; with `reference` (runs of a fixed-ISR sweep) also the best
     fixed ISR and its error."""
-    _require(runs, ["grid_width", "test_error", "sigma_basis", "isr"], "the learned-scales table")
-    group = runs.groupby("grid_width", sort=True)
-    parts = [_mean_std(group, "test_error", "test_error")]
-    for column in ("sigma_basis", "isr"):
-        parts.append(_mean_std(group, column, column).drop(columns="n_runs"))
+    _require(runs, ["grid_width"], "the learned-scales table")
+    table = cell_stats(runs, ["grid_width"], ["test_error", "sigma_basis", "isr"])
     scale_columns = sorted(
         (c for c in runs.columns if c.startswith("scale_")), key=lambda c: int(c.split("_")[1])
     )
     if scale_columns:
-        parts.append(group[scale_columns].mean())
-    table = pd.concat(parts, axis=1).reset_index().rename(columns={"grid_width": "width"})
+        scales = cell_stats(runs, ["grid_width"], scale_columns, std=False)
+        means = scales[[f"{c}_mean" for c in scale_columns]]
+        table[scale_columns] = means.to_numpy()
+    table = table.rename(columns={"grid_width": "width"})
     if reference is not None:
         best = best_isr_per_width(isr_curve_table(reference)).rename(
             columns={
@@ -88,17 +112,31 @@ def learned_scales_table(runs: pd.DataFrame, reference: pd.DataFrame | None = No
 
 
 def _pm(mean: float, std: float, bold: bool = False) -> str:
+    if np.isnan(mean):
+        return "--"
     text = f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} \\pm {std:.2f}"
     return f"$\\mathbf{{{text}}}$" if bold else f"${text}$"
+
+
+def _failed_note(cell: str, n_runs: int, n_failed: int) -> str:
+    """A cell with failed runs says how many: '$2.31$ (1 of 3 failed)'."""
+    if not n_failed:
+        return cell
+    return f"{cell} ({n_failed} of {n_runs + n_failed} failed)"
 
 
 def isr_curve_latex(curve: pd.DataFrame) -> str:
     """Rows ISR, columns width b; cells test error % mean ± std; best per width in bold."""
     cells = curve.assign(
         cell=[
-            _pm(m, s, b)
-            for m, s, b in zip(
-                curve["test_error_mean"], curve["test_error_std"], curve["best"], strict=True
+            _failed_note(_pm(m, s, b), n, f)
+            for m, s, b, n, f in zip(
+                curve["test_error_mean"],
+                curve["test_error_std"],
+                curve["best"],
+                curve["n_runs"],
+                curve["n_failed"],
+                strict=True,
             )
         ]
     )
@@ -119,8 +157,14 @@ def learned_scales_latex(table: pd.DataFrame) -> str:
     rows = {
         "$b$": [f"{w:.3g}" for w in table["width"]],
         "error (\\%)": [
-            _pm(m, s)
-            for m, s in zip(table["test_error_mean"], table["test_error_std"], strict=True)
+            _failed_note(_pm(m, s), n, f)
+            for m, s, n, f in zip(
+                table["test_error_mean"],
+                table["test_error_std"],
+                table["n_runs"],
+                table["n_failed"],
+                strict=True,
+            )
         ],
         "learned $\\sigma_b$": [
             _pm(m, s)
