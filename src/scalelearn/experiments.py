@@ -147,8 +147,9 @@ def load_config(path: str | Path) -> dict:
     with open(path) as handle:
         try:
             raw = yaml.safe_load(handle)
-        except yaml.YAMLError as error:
-            raise ScalelearnError(f"config file {path} is not valid YAML: {error}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            first_line = str(error).splitlines()[0]
+            raise ScalelearnError(f"config file {path} is not valid YAML: {first_line}") from None
     try:
         return validate_config(raw)
     except ScalelearnError as error:
