@@ -1,16 +1,20 @@
 """Tests of the Snakemake workflow: the paper grid's DAG, config errors before any job, the conda
-environment, and the CI preset run end to end (data -> training -> aggregate -> table, figure)."""
+environment, the CI preset run end to end (data -> training -> aggregate -> table, figure) after a
+kill and `--unlock`, and the same command recovering from failures (issue 6)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import tomllib
 import yaml
 
@@ -68,11 +72,57 @@ def test_conda_env_lists_every_dependency():
     assert "python=3.11" in env["dependencies"]
 
 
-def test_ci_preset_runs_end_to_end(tmp_path):
-    """The whole DAG on the embedded digits: pool, datasets, 5 runs, tables and the E1 figure."""
-    workdir = copy_workflow(tmp_path / "workflow")
-    result = snakemake("--cores", "2", "--configfile", "config/test.yaml", cwd=workdir)
+def test_configfile_replaces_the_default_config_without_the_profile(tmp_path):
+    """Issue case 10: a --configfile with one experiment must not gain config.yaml's e1 and e2."""
+    config = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    config["experiments"] = {"solo": config["experiments"]["e1"]}
+    path = tmp_path / "solo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for profile in (["--workflow-profile", "none"], []):
+        result = snakemake("-n", *profile, "--configfile", str(path), "--quiet", "rules")
+        assert result.returncode == 0, result.stderr
+        counts = job_counts(result.stdout + result.stderr)
+        assert counts["train"] == 4 and counts["aggregate"] == 1, (profile, counts)
+
+
+def run_killed_then_unlocked(workdir: Path) -> subprocess.CompletedProcess:
+    """Start the CI preset, SIGKILL Snakemake and its jobs once training has started (a kill
+    leaves Snakemake's lock behind), check that the same command then names the lock, and
+    finish with `snakemake --unlock` and the same command, as README "Troubleshooting" says."""
+    command = [SNAKEMAKE, "--cores", "2", "--configfile", "config/test.yaml"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not list((workdir / "results/logs").glob("train/*/*.log")) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    locked = snakemake(*command[1:], cwd=workdir)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    unlock = snakemake("--unlock", "--configfile", "config/test.yaml", cwd=workdir)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    return snakemake(*command[1:], cwd=workdir)
+
+
+@pytest.fixture(scope="module")
+def finished_preset(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("preset") / "workflow")
+    result = run_killed_then_unlocked(workdir)
     assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_ci_preset_runs_end_to_end(finished_preset):
+    """The whole DAG on the embedded digits: pool, datasets, 5 runs, tables and the E1 figure,
+    finished by the same command after a kill and `--unlock`."""
+    workdir = finished_preset
     results = workdir / "results"
     for stem in ("figures/e1_isr", "tables/e1_isr", "tables/e2_learned"):
         for suffix in (".pdf", ".png") if stem.startswith("figures") else (".csv", ".tex"):
@@ -90,3 +140,54 @@ def test_ci_preset_runs_end_to_end(tmp_path):
     # A second call has nothing to do.
     again = snakemake("-n", "--configfile", "config/test.yaml", cwd=workdir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_same_command_recovers_from_failures(finished_preset, tmp_path):
+    """Issue cases 2, 3, 5, 1 in the pipeline: what is missing is rebuilt; a replaced dataset
+    stops its runs and removes the tables they fed, and after deleting it as the message says
+    the same command rebuilds everything; a diverged run (changed config) shows in the tables."""
+    workdir = tmp_path / "workflow"
+    shutil.copytree(finished_preset, workdir, symlinks=True)
+    results = workdir / "results"
+    data = results / "data/scale_distribution"
+    e1_table = results / "tables/e1_isr.csv"
+    before = pd.read_csv(e1_table)
+    run = lambda *args: snakemake("--cores", "2", "--configfile", *args, cwd=workdir)  # noqa: E731
+
+    # A deleted dataset and a deleted run summary are made again by the same command.
+    digest = (data / "b2/seed0.json").read_text()
+    (data / "b2/seed0.npz").unlink()
+    summary = results / "runs/e1/b1.41_isr3_seed0/summary.json"
+    summary.unlink()
+    result = run("config/test.yaml")
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert (data / "b2/seed0.npz").exists() and summary.exists()
+    assert (data / "b2/seed0.json").read_text() == digest, "regenerated bit for bit"
+    pd.testing.assert_frame_equal(pd.read_csv(e1_table), before)
+
+    # Another dataset's file copied over b2 (issue case 3): its runs stop, the tables go.
+    shutil.copy(data / "b1.41/seed0.npz", data / "b2/seed0.npz")
+    result = run("config/test.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "does not match its manifest" in output and "run snakemake again" in output
+    assert not e1_table.exists() and not (results / "tables/e2_learned.csv").exists()
+    (data / "b2/seed0.npz").unlink()  # what the message says to do
+    result = run("config/test.yaml")
+    assert result.returncode == 0, result.stderr[-5000:]
+    pd.testing.assert_frame_equal(pd.read_csv(e1_table), before)
+
+    # A changed config trains afresh; this one blows up (lr 1e6): a visible failed run.
+    config = yaml.safe_load((workdir / "config/test.yaml").read_text())
+    config["experiments"]["e2"]["train"] = {"lr": 1.0e6}
+    (workdir / "blowup.yaml").write_text(yaml.safe_dump(config))
+    result = run("blowup.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "e2/b2_seed0: diverged" in output
+    log = (results / "logs/train/e2/b2_seed0.log").read_text()
+    assert "starting fresh" in log and "DIVERGED" in log
+    e2 = pd.read_csv(results / "aggregate/e2.csv")
+    assert e2["status"].tolist() == ["diverged"]
+    learned = pd.read_csv(results / "tables/e2_learned.csv")
+    assert learned[["n_runs", "n_failed"]].iloc[0].tolist() == [0, 1]
