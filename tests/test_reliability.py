@@ -201,6 +201,9 @@ def test_numbers_do_not_depend_on_the_callers_thread_count(data_dir, reference_r
     try:
         torch.set_num_threads(2)
         again = run_module.train_run(run_config(data_dir / "b1.4.npz"), tmp_path)
+        # The run trained with its own train.threads, not with the 2 it was handed (this tiny
+        # run is too small for torch to split its sums, so the check is on the setting).
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
     assert metrics(tmp_path) == metrics(folder)
