@@ -33,7 +33,7 @@ from scalelearn.data.loader import Batches, train_statistics
 from scalelearn.data.store import write_json
 from scalelearn.errors import ScalelearnError
 from scalelearn.experiments import check_run_config
-from scalelearn.nn.models import MODEL_DEFAULTS
+from scalelearn.settings import AUGMENTS, MODEL_DEFAULTS, TRAIN_DEFAULTS
 from scalelearn.train.divergence import Diverged, DivergenceGuard
 from scalelearn.train.fingerprint import run_fingerprint
 from scalelearn.train.module import ScaleLearner
@@ -43,26 +43,6 @@ logger = logging.getLogger(__name__)
 # The files of a run (besides config.json); all deleted together when they belong to another
 # config. per_scale.csv is written later by `scalelearn evaluate` from best.ckpt.
 RUN_OUTPUTS = ("last.ckpt", "best.ckpt", "metrics.csv", "summary.json", "per_scale.csv")
-
-TRAIN_DEFAULTS = {
-    "epochs": 60,
-    "batch_size": 128,
-    "lr": 0.01,
-    "lr_milestones": [20, 40],
-    "lr_gamma": 0.1,
-    "scale_lr": 0.01,
-    "scale_warmup_epochs": 5,
-    "scale_lr_milestones": [20, 40],
-    "scale_lr_gamma": 0.75,
-    "augment": "none",
-    "eval_batch_size": 256,
-    "accelerator": "auto",
-    # torch's CPU kernels (conv, matmul, reductions) split their sums by thread, so the numbers
-    # depend on the thread count in the last bits, which training amplifies: the thread count is
-    # part of the run config, used whatever the scheduler grants.
-    "threads": 1,
-}
-AUGMENTS = ("none", "rescale")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
