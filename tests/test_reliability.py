@@ -511,3 +511,13 @@ def test_readme_troubleshooting_names_the_fixes():
     section = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     for phrase in ("LockException", "snakemake --unlock", "diverged", "sha256", "starting fresh"):
         assert phrase in section, phrase
+
+
+def test_replaced_pool_is_refused(tmp_path):
+    images, labels, info = mnist.load_pool("embedded")
+    mnist.save_pool(tmp_path / "pool.npz", images, labels, info)
+    mnist.read_pool(tmp_path / "pool.npz")
+    mnist.save_pool(tmp_path / "other.npz", images[:100], labels[:100], info)
+    shutil.copy(tmp_path / "other.npz", tmp_path / "pool.npz")
+    with pytest.raises(ScalelearnError, match="does not match the sha256 of its manifest"):
+        mnist.read_pool(tmp_path / "pool.npz")
