@@ -63,8 +63,15 @@ RUN_ID_PREFIX = {
 
 @cache
 def load_schema() -> dict:
+    """The schema, with the analysis names of scalelearn.analysis.registry as the enum of
+    `experiments.<name>.analyses` (the registry is their one source)."""
+    from scalelearn.analysis.registry import ANALYSES
+
     with open(SCHEMA_PATH) as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    experiment = schema["properties"]["experiments"]["additionalProperties"]
+    experiment["properties"]["analyses"]["items"] = {"enum": list(ANALYSES)}
+    return schema
 
 
 def _validator_with_defaults():
@@ -179,19 +186,16 @@ def _check_semantics(config: dict) -> None:
                 _check_subset(
                     f"{where}.seed", grid["seed"], section["seeds"], f"datasets.{dataset}.seeds"
                 )
-        analyses = experiment.get("analyses", [])
-        if "isr_curve" in analyses:
-            if dataset != "scale_distribution" or not any("isr" in g for g in _grids(experiment)):
-                raise ScalelearnError(
-                    f"config key experiments.{name}.analyses: isr_curve needs dataset "
-                    "scale_distribution and an `isr` key in the grid"
-                )
         other = experiment.get("compare_with")
         if other is not None and other not in experiments:
             raise ScalelearnError(
                 f"config key experiments.{name}.compare_with: invalid value {other!r}; allowed: "
                 f"one of {', '.join(repr(e) for e in experiments)}"
             )
+    # Each analysis fits the experiments that ask for it (scalelearn.analysis.registry).
+    from scalelearn.analysis.registry import check_config
+
+    check_config(config)
     names = [
         scale_distribution_name(2.0**o)
         for o in config["datasets"]["scale_distribution"]["widths_octaves"]

@@ -187,7 +187,7 @@ b = 2.83 / 4.76 / 8.""",
     Analysis(
         name="tolerance",
         build="scalelearn.analysis.builders:tolerance",
-        fits=Fits(group_by=()),
+        fits=Fits(group_by=(), other_grid_keys="group"),  # reads no runs
         needs=("widths",),
         table="results/tables/tolerance",
         figure="results/figures/tolerance",
