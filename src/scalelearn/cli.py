@@ -17,6 +17,7 @@ VERB_MODULES = (
     "scalelearn.train.cli",
     "scalelearn.train.evaluate",
     "scalelearn.analysis.cli",
+    "scalelearn.analysis.tolerance",
     "scalelearn.bench",
 )
 
