@@ -40,7 +40,7 @@ def test_unknown_analysis_names_the_allowed_ones(config):
     config["experiments"]["e1"]["analyses"] = ["isr_curves"]
     with pytest.raises(
         ScalelearnError,
-        match=r"experiments.e1.analyses\[0\]: invalid value 'isr_curves'; allowed: one of 'isr_curve'",
+        match=r"e1.analyses\[0\]: invalid value 'isr_curves'; allowed: one of 'isr_curve'",
     ):
         sl.validate_config(config)
 

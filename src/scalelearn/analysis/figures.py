@@ -129,7 +129,7 @@ def scale_trajectories_figure(table: pd.DataFrame, cells: list[str]) -> plt.Figu
             f", {name} {value:.3g}" if isinstance(value, float) else f", {value}"
             for name, value in zip(others, rest, strict=True)
         )
-        kwargs = {"color": color_of[key[0]], "ls": style, "lw": 1.2}
+        kwargs = {"color": color_of[key[0]], "ls": style, "lw": 1.2, "marker": "o", "ms": 2.5}
         axes[0].plot(rows["epoch"], rows["sigma_basis"], label=label, **kwargs)
         axes[1].plot(rows["epoch"], rows["isr"], **kwargs)
         for column in scales:

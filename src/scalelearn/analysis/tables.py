@@ -37,7 +37,7 @@ def _require(runs: pd.DataFrame, columns: list[str], what: str) -> None:
 
 def _mean_std(group: pd.core.groupby.DataFrameGroupBy, column: str, name: str) -> pd.DataFrame:
     """mean, sample std (ddof 1; NaN for a single seed) and count of a column per group."""
-    stats = group[column].agg(["mean", "std", "count"])
+    stats = group[column].agg(["count", "mean", "std"])
     return stats.rename(columns={"mean": f"{name}_mean", "std": f"{name}_std", "count": "n_runs"})
 
 
