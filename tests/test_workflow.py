@@ -105,7 +105,10 @@ def test_ci_preset_runs_end_to_end(tmp_path):
     """The whole DAG on the embedded digits: pool, datasets, 9 runs, 4 per-scale tests, every
     table and figure, and the report holding each of them with its caption."""
     workdir = copy_workflow(tmp_path / "workflow")
-    result = snakemake("--cores", "2", "--configfile", "config/test.yaml", cwd=workdir)
+    # About two minutes of CPU; the generous limit only guards against a hang on a busy machine.
+    result = snakemake(
+        "--cores", "2", "--configfile", "config/test.yaml", cwd=workdir, timeout=1800
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     results = workdir / "results"
     expected = [f"figures/{s}{x}" for s in CI_FIGURES for x in (".pdf", ".png")]

@@ -66,10 +66,11 @@ def experiment_summaries(wildcards):
 def per_scale_args(wildcards):
     """Options of `scalelearn evaluate` from the experiment's `per_scale` section."""
     section = CONFIG["experiments"][wildcards.experiment]["per_scale"]
-    subsample = section["test_subsample"]
-    return f"--batch-size {section['batch_size']}" + (
-        f" --test-subsample {subsample}" if subsample else ""
-    )
+    options = {
+        "--test-subsample": section["test_subsample"],
+        "--batch-size": section.get("batch_size"),
+    }
+    return " ".join(f"{flag} {value}" for flag, value in options.items() if value)
 
 
 def per_scale_outputs(experiment):

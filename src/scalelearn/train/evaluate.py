@@ -31,13 +31,14 @@ def evaluate_per_scale(
     run_folder: str | os.PathLike,
     *,
     test_subsample: int | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     device: str = "auto",
 ) -> list[dict]:
     """Evaluate a run's best.ckpt at every in-depth scale; one dict per scale (COLUMNS).
 
     The subsample of test digits is seeded by the run's seed (the same digits at every scale).
-    Memory is bounded by `batch_size` images of canvas x canvas at a time.
+    Memory is bounded by `batch_size` images of canvas x canvas at a time (default: the run's
+    train.eval_batch_size).
     """
     import torch
 
@@ -64,7 +65,7 @@ def evaluate_per_scale(
         dataset["test_digits"],
         dataset["test_labels"],
         canvas=dataset["test_images"].shape[-1],
-        batch_size=batch_size,
+        batch_size=batch_size or run_config["train"]["eval_batch_size"],
         n_digits=test_subsample,
         seed=int(run_config.get("seed", 0)),
         antialias=bool(interpolation.get("antialias", False)),
@@ -123,7 +124,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--test-subsample", type=int, default=None, help="evaluate this many test digits (seeded)"
     )
-    parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, help="images per forward pass (default: train.eval_batch_size)"
+    )
     parser.add_argument("--device", default="auto", help="auto (the run's accelerator), cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--out", type=Path, help="CSV to write (default RUN/per_scale.csv)")
