@@ -24,7 +24,7 @@ def config():
 
 
 def test_schema_names_are_the_registry():
-    experiment = sl.load_schema()["properties"]["experiments"]["additionalProperties"]
+    experiment = sl.config_schema()["properties"]["experiments"]["additionalProperties"]
     assert experiment["properties"]["analyses"]["items"]["enum"] == list(registry.ANALYSES)
 
 
@@ -144,7 +144,7 @@ def test_a_new_analysis_is_one_declaration(config, monkeypatch):
         table="results/tables/{experiment}_by_width",
     )
     monkeypatch.setitem(registry.ANALYSES, new.name, new)
-    sl.load_schema.cache_clear()
+    sl.config_schema.cache_clear()
     try:
         config = copy.deepcopy(config)
         config["experiments"]["e2"]["analyses"].append("error_by_width")
@@ -159,4 +159,4 @@ def test_a_new_analysis_is_one_declaration(config, monkeypatch):
             sl.validate_config(config)
     finally:
         monkeypatch.undo()
-        sl.load_schema.cache_clear()
+        sl.config_schema.cache_clear()

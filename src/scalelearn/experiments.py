@@ -12,6 +12,7 @@ list of grids whose runs are joined, for designs with exclusions. Numeric keys a
 series `{start, steps_per_octave, num}` = start * 2^(i / steps_per_octave), i = 0..num-1.
 
 Resolved run config (`scalelearn runs --show RUN_ID` prints one): model = MODEL_DEFAULTS[name]
+(scalelearn.settings)
 <- experiment model <- grid values; train = top-level `train` <- experiment `train` <- grid values.
 """
 
@@ -28,8 +29,12 @@ from pathlib import Path
 import yaml
 
 from scalelearn.errors import ScalelearnError
+from scalelearn.settings import (
+    SCHEMA_PATH,  # noqa: F401 (re-exported for the Snakefile: sl.SCHEMA_PATH)
+    load_schema,
+    model_defaults,
+)
 
-SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 RESULTS = "results"
 
 # Grid keys that pick the dataset rather than override the model or the training.
@@ -62,13 +67,12 @@ RUN_ID_PREFIX = {
 
 
 @cache
-def load_schema() -> dict:
+def config_schema() -> dict:
     """The schema, with the analysis names of scalelearn.analysis.registry as the enum of
     `experiments.<name>.analyses` (the registry is their one source)."""
     from scalelearn.analysis.registry import ANALYSES
 
-    with open(SCHEMA_PATH) as handle:
-        schema = yaml.safe_load(handle)
+    schema = copy.deepcopy(load_schema())
     experiment = schema["properties"]["experiments"]["additionalProperties"]
     experiment["properties"]["analyses"]["items"] = {"enum": list(ANALYSES)}
     return schema
@@ -137,7 +141,7 @@ def validate_config(config: dict) -> dict:
     config = copy.deepcopy(config if config is not None else {})
     if not isinstance(config, dict):
         raise ScalelearnError(f"the config must be a mapping, got {type(config).__name__}")
-    error = best_match(_validator_with_defaults()(load_schema()).iter_errors(config))
+    error = best_match(_validator_with_defaults()(config_schema()).iter_errors(config))
     if error is not None:
         raise ScalelearnError(_describe(error) + ". Fix the config file and run again.")
     _check_semantics(config)
@@ -293,13 +297,6 @@ def make_run_id(grid: dict) -> str:
         else:
             parts.append(f"{prefix}{_format_value(value)}")
     return "_".join(parts) or "run"
-
-
-def model_defaults(name: str) -> dict:
-    """The model's defaults from the network code (the single place they are defined)."""
-    from scalelearn.nn.models import MODEL_DEFAULTS
-
-    return copy.deepcopy(MODEL_DEFAULTS[name])
 
 
 def _dataset(config: dict, protocol: str, seed: int, width_octaves: float | None) -> Dataset:

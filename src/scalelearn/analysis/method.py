@@ -22,7 +22,8 @@ from scalelearn.analysis.figures import plt
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn.conv import ScaleConvZ2H, multiscale_kernel
 from scalelearn.nn.hermite import HermiteBasis, ScaleBasis, function_orders
-from scalelearn.nn.models import MODEL_DEFAULTS, build_model
+from scalelearn.nn.models import build_model
+from scalelearn.settings import MODEL_DEFAULTS
 
 DEFAULT_MAX_TOTAL_ORDER = 2  # rows by default: the functions with i + j ≤ 2 (6 of them)
 WEIGHT_SEED = 0  # the random kernel's weights when none are given (deterministic figure)

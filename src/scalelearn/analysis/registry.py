@@ -256,13 +256,18 @@ def experiment_grid_keys(spec: dict) -> list[str]:
 
 
 def experiment_scale_modes(spec: dict) -> set[str | None]:
-    """The scale_mode values of an experiment's runs (None where the config leaves the model's
-    default)."""
+    """The scale_mode values of an experiment's runs (the model's default where the config
+    leaves it; None for a model without internal scales)."""
+    from scalelearn.settings import MODEL_DEFAULTS  # torch-free
+
+    default = spec["model"].get(
+        "scale_mode", MODEL_DEFAULTS.get(spec["model"]["name"], {}).get("scale_mode")
+    )
     grids = spec.get("grid", {})
     modes: set[str | None] = set()
     for grid in grids if isinstance(grids, list) else [grids]:
-        modes.update(grid.get("scale_mode", [spec["model"].get("scale_mode")]))
-    return modes or {spec["model"].get("scale_mode")}
+        modes.update(grid.get("scale_mode", [default]))
+    return modes or {default}
 
 
 def check_fits(fits: Fits, spec: dict) -> None:
@@ -276,8 +281,8 @@ def check_fits(fits: Fits, spec: dict) -> None:
         )
     if fits.scales == "learnable" and (None in modes or "fixed" in modes):
         raise ScalelearnError(
-            "it needs learnable scales: set model.scale_mode (or the grid's scale_mode) to "
-            f"learnable modes only, not {sorted(modes, key=str)}"
+            "it needs learnable scales (model.scale_mode or the grid's scale_mode not fixed), "
+            f"not {sorted(modes, key=str)}"
         )
     if fits.per_scale and "per_scale" not in spec:
         raise ScalelearnError("it needs the per-scale test: add `per_scale: {}` to the experiment")
