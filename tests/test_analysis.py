@@ -157,6 +157,13 @@ def test_learned_scales_table_groups_by_the_initialisation():
     assert first["isr_std"] == pytest.approx(np.std([2.0, 4.0], ddof=1))
     assert first["sigma_basis_mean"] == 1.25
     assert table["isr_mean"].tolist() == [3.0, 5.0, 7.0]
+    # A diverged run is counted in its cell, never averaged.
+    diverged = {**rows[0], "run_id": "x", "grid_seed": 2, "status": "diverged", "isr": 99.0}
+    with_failed = frame([*[{**r, "status": "ok"} for r in rows], diverged])
+    failed_table = tables.learned_scales_table(with_failed, cells=cells)
+    assert failed_table["n_failed"].tolist() == [1, 0, 0]
+    assert failed_table["isr_mean"].tolist() == [3.0, 5.0, 7.0]
+    assert "2 (1 failed)" in tables.learned_scales_latex(failed_table)
     latex = tables.learned_scales_latex(table)
     assert "init ISR" in latex and "init $\\sigma_b$" in latex and "$n$" in latex
 

@@ -85,3 +85,9 @@ def test_counts_equal_an_independent_evaluation_with_train_statistics(trained_ru
 def test_a_run_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ScalelearnError, match="best.ckpt not found; train the run first"):
         evaluate_per_scale(tmp_path)
+
+
+def test_a_failed_run_gets_no_numbers(tmp_path):
+    (tmp_path / "summary.json").write_text('{"status": "diverged", "reason": "loss nan"}')
+    rows = evaluate_per_scale(tmp_path)
+    assert len(rows) == 45 and all(row["n"] == 0 and np.isnan(row["error"]) for row in rows)

@@ -24,7 +24,7 @@ for _analysis in registry.ANALYSES.values():
         input:
             unpack(lambda w, a=_analysis: analysis_inputs(a, w)),
         output:
-            **analysis_outputs(_analysis),
+            **analysis_rule_outputs(_analysis),
         params:
             name=_analysis.name,
             args=lambda w, input, a=_analysis: analysis_args(a, w, input),

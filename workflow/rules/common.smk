@@ -116,7 +116,7 @@ def analysis_args(analysis, wildcards, input):
     return " ".join(shlex.quote(str(arg)) for arg in args)
 
 
-def analysis_outputs(analysis):
+def analysis_rule_outputs(analysis):
     """Named outputs of an analysis rule, the PNG figure and the CSV table in the report."""
     labels = {"analysis": analysis.name}
     if analysis.per_experiment:
@@ -141,11 +141,19 @@ def analysis_caption(analysis, wildcards):
     return " ".join(analysis.caption.format(experiment=experiment, compare_with=other).split())
 
 
+def experiment_outputs(experiment):
+    """The aggregate and the analysis outputs made from an experiment's runs: its own analyses
+    and those of the experiments that compare with it."""
+    outputs = [f"results/aggregate/{experiment}.csv"]
+    for analysis, name in registry.requested(CONFIG):
+        other = CONFIG["experiments"][name].get("compare_with")
+        if name == experiment or ("compare_with" in analysis.needs and other == experiment):
+            outputs += analysis.outputs(name)
+    return outputs
+
+
 def all_targets():
     targets = []
     for name in CONFIG["experiments"]:
-        targets.append(f"results/aggregate/{name}.csv")
-        targets += per_scale_outputs(name)
-    for analysis, experiment in registry.requested(CONFIG):
-        targets += analysis.outputs(experiment)
-    return targets
+        targets += experiment_outputs(name) + per_scale_outputs(name)
+    return list(dict.fromkeys(targets))

@@ -41,6 +41,33 @@ def _mean_std(group: pd.core.groupby.DataFrameGroupBy, column: str, name: str) -
     return stats.rename(columns={"mean": f"{name}_mean", "std": f"{name}_std", "count": "n_runs"})
 
 
+def run_ok(runs: pd.DataFrame) -> pd.Series:
+    """True for the runs that finished ok (an aggregate without `status`: all)."""
+    if "status" not in runs:
+        return pd.Series(True, index=runs.index)
+    return runs["status"].fillna("missing") == "ok"
+
+
+# The same function as on the issue6 branch (failed runs counted, never averaged); keep one.
+def cell_stats(
+    runs: pd.DataFrame, by: list[str], columns: list[str], std: bool = True
+) -> pd.DataFrame:
+    """One row per cell (the values of `by`): `n_runs` (ok runs), `n_failed` (the others) and,
+    over the ok runs only, `<column>_mean` and `<column>_std` (sample std, ddof 1; NaN for one
+    run) of each column. Cells whose runs all failed are kept, with NaN numbers."""
+    runs = runs.assign(_ok=run_ok(runs))
+    for column in columns:
+        if column not in runs:  # every run of the aggregate failed: no numbers at all
+            runs[column] = np.nan
+    counts = runs.groupby(by, sort=True)["_ok"].agg(n_runs="sum", n_failed=lambda ok: (~ok).sum())
+    stats = (
+        runs[runs["_ok"]].groupby(by, sort=True)[columns].agg(["mean", "std"] if std else ["mean"])
+    )
+    stats.columns = [f"{column}_{stat}" for column, stat in stats.columns]
+    table = counts.join(stats, how="left").reset_index()
+    return table.astype({"n_runs": int, "n_failed": int})
+
+
 def isr_curve_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Columns: width, isr, n_runs, test_error_mean, test_error_std, best (the ISR with the
     lowest mean error of its width). One row per (width, ISR), sorted."""
@@ -89,14 +116,11 @@ def learned_scales_table(
     and ISR (mean and std over seeds) and the mean learned internal scales; with `reference`
     (runs of a fixed-ISR sweep) also the best fixed ISR of the cell's width and its error."""
     cells = cells or ["grid_width"]
-    _require(runs, [*cells, "test_error", "sigma_basis", "isr"], "the learned-scales table")
-    group = runs.groupby(cells, sort=True)
-    parts = [_mean_std(group, "test_error", "test_error")]
-    for column in ("sigma_basis", "isr"):
-        parts.append(_mean_std(group, column, column).drop(columns="n_runs"))
+    _require(runs, cells, "the learned-scales table")
+    table = cell_stats(runs, cells, ["test_error", "sigma_basis", "isr"])
     if scale_columns(runs):
-        parts.append(group[scale_columns(runs)].mean())
-    table = pd.concat(parts, axis=1).reset_index()
+        scales = cell_stats(runs, cells, scale_columns(runs), std=False)
+        table[scale_columns(runs)] = scales[[f"{c}_mean" for c in scale_columns(runs)]].to_numpy()
     table = table.rename(columns={c: cell_name(c) for c in cells})
     if reference is not None:
         best = best_isr_per_width(isr_curve_table(reference)).rename(
@@ -125,16 +149,15 @@ def parameterisation_table(runs: pd.DataFrame, reference: pd.DataFrame | None = 
     scale_mode from the model config. Rows: width, then the modes in order of appearance."""
     frames = [runs] if reference is None else [runs, reference]
     both = pd.concat([f.assign(scale_mode=scale_mode_of(f)) for f in frames], ignore_index=True)
-    _require(both, ["grid_width", "test_error", "sigma_basis", "isr"], "the parameterisation table")
+    _require(both, ["grid_width"], "the parameterisation table")
+    columns = ["test_error", "sigma_basis", "isr", *scale_columns(both)]
+    table = cell_stats(both, ["grid_width", "scale_mode"], columns)
+    # Rows: width, then the parameterisations in the order they appear (the experiment's own
+    # modes, then the reference's).
     order = list(dict.fromkeys(both["scale_mode"]))
-    both["scale_mode"] = pd.Categorical(both["scale_mode"], categories=order, ordered=True)
-    group = both.groupby(["grid_width", "scale_mode"], sort=True, observed=True)
-    parts = [_mean_std(group, "test_error", "test_error")]
-    for column in ("sigma_basis", "isr", *scale_columns(both)):
-        parts.append(_mean_std(group, column, column).drop(columns="n_runs"))
-    table = pd.concat(parts, axis=1).reset_index().rename(columns={"grid_width": "width"})
-    table["scale_mode"] = table["scale_mode"].astype(str)
-    return table
+    table["_order"] = table["scale_mode"].map(order.index)
+    table = table.sort_values(["grid_width", "_order"]).drop(columns="_order")
+    return table.rename(columns={"grid_width": "width"}).reset_index(drop=True)
 
 
 def isr_comparison_table(
@@ -249,6 +272,15 @@ def _n_note(counts: pd.Series) -> str:
     return f" Cells average {counts[0]} to {counts[-1]} runs (column $n$ or in parentheses)."
 
 
+def _n_cells(table: pd.DataFrame) -> list[str]:
+    """The runs per cell, with the failed ones where there are any: '3', '2 (1 failed)'."""
+    failed = table["n_failed"] if "n_failed" in table else pd.Series(0, index=table.index)
+    return [
+        f"{int(n)}" + (f" ({int(f)} failed)" if f else "")
+        for n, f in zip(table["n_runs"], failed, strict=True)
+    ]
+
+
 def _latex(frame: pd.DataFrame, caption: str, label: str) -> str:
     return frame.to_latex(index=False, escape=False, caption=caption, label=label)
 
@@ -291,7 +323,7 @@ def learned_scales_latex(table: pd.DataFrame) -> str:
             column, column.replace("_", " ")
         )
         rows[label] = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in table[column]]
-    rows["$n$"] = [str(int(n)) for n in table["n_runs"]]
+    rows["$n$"] = _n_cells(table)
     rows["error (\\%)"] = _pms(table, "test_error")
     rows["learned $\\sigma_b$"] = _pms(table, "sigma_basis")
     rows["learned ISR"] = _pms(table, "isr")
@@ -311,7 +343,7 @@ def parameterisation_latex(table: pd.DataFrame) -> str:
     rows = {
         "$b$": [f"{w:.3g}" for w in table["width"]],
         "parameterisation": [m.replace("_", "\\_") for m in table["scale_mode"]],
-        "$n$": [str(int(n)) for n in table["n_runs"]],
+        "$n$": _n_cells(table),
         "error (\\%)": _pms(table, "test_error"),
         "$\\sigma_b$": _pms(table, "sigma_basis"),
         "ISR": _pms(table, "isr"),

@@ -3,13 +3,15 @@
 A run's best checkpoint is evaluated on its dataset's test digits rendered at the 45 log-spaced
 scales 2^-1 ... 2^3.5 of `scalelearn.data.in_depth`, one batch at a time (never stored), with
 the run's train normalisation (kept in the checkpoint). Output: per_scale.csv, one row per scale
-with the columns scale_index, scale, n (digits), errors, error (%).
+with the columns scale_index, scale, n (digits), errors, error (%); a run whose summary has a
+status other than "ok" gets n 0 and empty errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -48,6 +50,15 @@ def evaluate_per_scale(
     from scalelearn.train.module import ScaleLearner
 
     folder = Path(run_folder)
+    summary = folder / "summary.json"
+    status = json.loads(summary.read_text()).get("status", "ok") if summary.is_file() else "ok"
+    if status != "ok":
+        # A failed run (e.g. diverged) has no test numbers, so no per-scale numbers either; the
+        # rows keep the DAG whole and the per-scale figure counts only ok runs.
+        return [
+            {"scale_index": i, "scale": float(s), "n": 0, "errors": math.nan, "error": math.nan}
+            for i, s in enumerate(IN_DEPTH_SCALES)
+        ]
     checkpoint = folder / "best.ckpt"
     if not checkpoint.is_file():
         raise ScalelearnError(f"{checkpoint} not found; train the run first (scalelearn train)")
@@ -105,6 +116,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     out = args.out or Path(args.run) / "per_scale.csv"
     write_per_scale(rows, out)
+    if not rows[0]["n"]:
+        print(f"{out}: the run did not finish ok; no per-scale numbers")
+        return
     worst = max(rows, key=lambda row: row["error"])
     print(
         f"{out}: {len(rows)} scales x {rows[0]['n']} digits; worst error {worst['error']:.2f}% "
