@@ -1,5 +1,7 @@
-"""Tests of scalelearn.analysis on small hand-made run folders: aggregation, the E1 table (mean ±
-std over seeds, best ISR per width), the learned-scales table and the figure files."""
+"""Tests of scalelearn.analysis on small hand-made run folders and run tables: aggregation, the
+E1 table (mean ± std over seeds, best ISR per width), the learned-scales tables of E2 and E3, the
+E4 table, the ISR comparison, the per-scale test and the scale trajectories (numbers computed by
+hand), the figure files and the `analyse` command."""
 
 from __future__ import annotations
 

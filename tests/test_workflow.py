@@ -1,5 +1,6 @@
 """Tests of the Snakemake workflow: the paper grid's DAG, config errors before any job, the conda
-environment, and the CI preset run end to end (data -> training -> aggregate -> table, figure)."""
+environment, and the CI preset run end to end (data -> training -> per-scale test -> aggregate ->
+every table and figure -> report)."""
 
 from __future__ import annotations
 
