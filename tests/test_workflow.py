@@ -1,6 +1,7 @@
 """Tests of the Snakemake workflow: the paper grid's DAG, config errors before any job, the conda
-environment, the CI preset run end to end (data -> training -> aggregate -> table, figure) after a
-kill and `--unlock`, and the same command recovering from failures (issue 6)."""
+environment, the CI preset run end to end (data -> training -> per-scale test -> aggregate -> every
+table and figure -> report) after a kill and `--unlock`, and the same command recovering from
+failures (issue 6)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,20 @@ def test_default_config_lists_the_paper_grid():
     result = snakemake("-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout + result.stderr)
-    assert counts["train"] == 144, "E1 135 runs + E2 9 runs"
+    assert counts["train"] == 135 + 9 + 81 + 18, "E1 135, E2 9, E3 81, E4 18 runs (SPEC §8)"
+    assert counts["evaluate"] == 135, "the per-scale test of every E1 run"
     assert counts["dataset_scale_distribution"] == 9 and counts["mnist_pool"] == 1
+    listed = subprocess.run(
+        [sys.executable, "-m", "scalelearn", "runs", "--config", "config/config.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    per_experiment = {
+        e: sum(r.startswith(f"{e}/") for r in listed) for e in ("e1", "e2", "e3", "e4")
+    }
+    assert per_experiment == {"e1": 135, "e2": 9, "e3": 81, "e4": 18}
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -70,6 +83,27 @@ def test_conda_env_lists_every_dependency():
     listed = {re.match(r"[A-Za-z0-9_.-]+", d)[0].lower() for d in env["dependencies"]}
     assert names <= listed, f"missing from envs/scalelearn.yaml: {sorted(names - listed)}"
     assert "python=3.11" in env["dependencies"]
+
+
+# Every output of SPEC §10 items 1-8 and 10 that the CI preset asks for (figure: PDF + PNG,
+# table: CSV + TeX).
+CI_FIGURES = [
+    "e1_isr",  # 3. E1 error vs ISR
+    "e1_per_scale",  # 4. E1 error per scale
+    "tolerance",  # 2. tolerance model
+    "e2_method",  # 1. method figure
+    "e2_scale_trajectories",  # 10. learned scales over epochs
+    "e3_scale_trajectories",
+    "e4_scale_trajectories",
+]
+CI_TABLES = [
+    "e1_isr",  # 3.
+    "tolerance",  # 2.
+    "e2_isr_comparison",  # 5. predicted / best fixed / learned ISR
+    "e2_learned",  # 6. E2 table
+    "e3_learned",  # 7. E3 table
+    "e4_parameterisations",  # 8. E4 table
+]
 
 
 def test_configfile_replaces_the_default_config_without_the_profile(tmp_path):
@@ -120,14 +154,17 @@ def finished_preset(tmp_path_factory):
 
 
 def test_ci_preset_runs_end_to_end(finished_preset):
-    """The whole DAG on the embedded digits: pool, datasets, 5 runs, tables and the E1 figure,
-    finished by the same command after a kill and `--unlock`."""
+    """The whole DAG on the embedded digits: pool, datasets, 9 runs, 4 per-scale tests, every
+    table and figure, and the report holding each of them with its caption, finished by the
+    same command after a kill and `--unlock`."""
     workdir = finished_preset
     results = workdir / "results"
-    for stem in ("figures/e1_isr", "tables/e1_isr", "tables/e2_learned"):
-        for suffix in (".pdf", ".png") if stem.startswith("figures") else (".csv", ".tex"):
-            path = results / f"{stem}{suffix}"
-            assert path.stat().st_size > 0, path
+    expected = [f"figures/{s}{x}" for s in CI_FIGURES for x in (".pdf", ".png")]
+    expected += [f"tables/{s}{x}" for s in CI_TABLES for x in (".csv", ".tex")]
+    for name in expected:
+        assert (results / name).stat().st_size > 0, name
+    made = sorted(str(p.relative_to(results)) for p in results.glob("[ft][ia]*/*.*"))
+    assert made == sorted(expected), "an output of the registry that the test does not expect"
     e1 = pd.read_csv(results / "aggregate/e1.csv")
     assert len(e1) == 4 and e1["test_error"].between(0, 100).all()
     assert sorted(set(e1["isr"].round(2))) == [1.5, 3.0]
@@ -135,11 +172,25 @@ def test_ci_preset_runs_end_to_end(finished_preset):
     assert len(e2) == 1 and e2["isr"].iloc[0] > 1
     table = pd.read_csv(results / "tables/e1_isr.csv")
     assert set(table["width"].round(2)) == {1.41, 2.0}
+    for run in e1["run_id"]:
+        per_scale = pd.read_csv(results / "runs/e1" / run / "per_scale.csv")
+        assert len(per_scale) == 45 and (per_scale["n"] == 10).all()
+    e3 = pd.read_csv(results / "tables/e3_learned.csv")
+    assert e3[["init_isr", "init_sigma_basis"]].values.tolist() == [[1.5, 1.0], [3.0, 1.0]]
+    e4 = pd.read_csv(results / "tables/e4_parameterisations.csv")
+    assert e4["scale_mode"].tolist() == ["direct", "ratio_squared", "single_ratio_squared"]
     # Nothing half-written is left behind.
     assert not list(results.rglob("*.tmp"))
     # A second call has nothing to do.
     again = snakemake("-n", "--configfile", "config/test.yaml", cwd=workdir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # The report holds every figure (PNG) and table (CSV), each with its caption.
+    report = snakemake("--report", "report.html", "--configfile", "config/test.yaml", cwd=workdir)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    for name in [f"{s}.png" for s in CI_FIGURES] + [f"{s}.csv" for s in CI_TABLES]:
+        assert name in html, name
+    assert "best ISR 2.38 / 4.76 / 5.35" in html and "{{" not in html
 
 
 def test_same_command_recovers_from_failures(finished_preset, tmp_path):

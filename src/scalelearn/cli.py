@@ -15,6 +15,7 @@ VERB_MODULES = (
     "scalelearn.data.cli",
     "scalelearn.experiments",
     "scalelearn.train.cli",
+    "scalelearn.train.evaluate",
     "scalelearn.analysis.cli",
     "scalelearn.analysis.tolerance",
     "scalelearn.bench",

@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -64,6 +65,18 @@ RUN_ID_PREFIX = {
 
 # --------------------------------------------------------------------------------------------
 # config loading and validation
+
+
+@cache
+def config_schema() -> dict:
+    """The schema, with the analysis names of scalelearn.analysis.registry as the enum of
+    `experiments.<name>.analyses` (the registry is their one source)."""
+    from scalelearn.analysis.registry import ANALYSES
+
+    schema = copy.deepcopy(load_schema())
+    experiment = schema["properties"]["experiments"]["additionalProperties"]
+    experiment["properties"]["analyses"]["items"] = {"enum": list(ANALYSES)}
+    return schema
 
 
 def _validator_with_defaults():
@@ -130,7 +143,7 @@ def validate_config(config: dict) -> dict:
     if not isinstance(config, dict):
         raise ScalelearnError(f"the config must be a mapping, got {type(config).__name__}")
     _check_finite(config)
-    error = best_match(_validator_with_defaults()(load_schema()).iter_errors(config))
+    error = best_match(_validator_with_defaults()(config_schema()).iter_errors(config))
     if error is not None:
         raise ScalelearnError(_describe(error) + ". Fix the config file and run again.")
     _check_semantics(config)
@@ -175,9 +188,6 @@ def _check_finite(node, parts: tuple = ()) -> None:
 DIGIT_EXTENT = 20
 MNIST_FRAME = 28
 
-# Analyses average the seeds of each cell of their table; the grid keys that make the cells.
-# Any other key that differs between the experiment's runs would be averaged into one cell.
-ANALYSIS_CELL_KEYS = {"isr_curve": ("width_octaves", "isr"), "learned_scales": ("width_octaves",)}
 # hermite_b's sub-sigma keys; meaningless with hermite_a.
 HERMITE_B_KEYS = ("basis_mult", "basis_max_order")
 
@@ -212,21 +222,17 @@ def _check_semantics(config: dict) -> None:
                 )
             _check_geometric(where, grid)
         _check_model_keys(name, experiment)
-        analyses = experiment.get("analyses", [])
-        if "isr_curve" in analyses:
-            if dataset != "scale_distribution" or not any("isr" in g for g in _grids(experiment)):
-                raise ScalelearnError(
-                    f"config key experiments.{name}.analyses: isr_curve needs dataset "
-                    "scale_distribution and an `isr` key in the grid"
-                )
-        if "learned_scales" in analyses and dataset != "scale_distribution":
-            raise ScalelearnError(
-                f"config key experiments.{name}.analyses: learned_scales needs dataset "
-                "scale_distribution (its rows are the distribution widths)"
-            )
         other = experiment.get("compare_with")
-        if other is not None:
-            _check_compare_with(name, experiment, other, experiments)
+        if other is not None and (other == name or other not in experiments):
+            why = "the experiment itself" if other == name else "not an experiment of the config"
+            raise ScalelearnError(
+                f"config key experiments.{name}.compare_with: invalid value {other!r} ({why}); "
+                f"allowed: one of {', '.join(repr(e) for e in experiments if e != name)}"
+            )
+    # Each analysis fits the experiments that ask for it (scalelearn.analysis.registry).
+    from scalelearn.analysis.registry import check_config
+
+    check_config(config)
     names = [
         scale_distribution_name(2.0**o)
         for o in config["datasets"]["scale_distribution"]["widths_octaves"]
@@ -237,11 +243,8 @@ def _check_semantics(config: dict) -> None:
             f"{names} are not distinct at 3 significant digits; choose widths further apart"
         )
     for name in experiments:
-        runs = experiment_runs(config, name)
-        for run in runs:
+        for run in experiment_runs(config, name):
             _check_run_model(run)
-        for analysis in experiments[name].get("analyses", []):
-            _check_analysis_fits(name, analysis, runs)
 
 
 def _check_datasets(config: dict) -> None:
@@ -354,80 +357,15 @@ def _check_run_model(run: Run) -> None:
                 f"{model['sigma_basis']:.3g} * {model['isr']:.3g} = {largest:.3g} px, more than "
                 f"the {side} px input; allowed: sigma_basis * isr <= {side}"
             )
-        if model["scale_mode"] == "direct" and model["learn_sigma_basis"]:
+        # In a grid over scale_mode (E4) the shared learn_sigma_basis is meant for the other
+        # modes; asked of direct alone it is a mistake.
+        direct_alone = "scale_mode" not in run.config["grid"]
+        if model["scale_mode"] == "direct" and model["learn_sigma_basis"] and direct_alone:
             raise ScalelearnError(
                 f"config key {where}: learn_sigma_basis true has no effect with scale_mode "
                 "direct (its scales are the parameters; sigma_b is unused); allowed: "
                 "learn_sigma_basis false"
             )
-
-
-def _check_analysis_fits(name: str, analysis: str, runs: list[Run]) -> None:
-    """An analysis averages the seeds of each of its cells (ANALYSIS_CELL_KEYS): the runs may
-    differ only in those keys and the seed, otherwise different settings are averaged."""
-    cell = set(ANALYSIS_CELL_KEYS[analysis])
-    ignored = {"isr"} if "isr" in cell else set()
-    rest = []
-    for run in runs:
-        model = {k: v for k, v in run.config["model"].items() if k not in ignored}
-        rest.append(
-            {
-                **{f"model.{k}": v for k, v in model.items()},
-                **{f"train.{k}": v for k, v in run.config["train"].items()},
-            }
-        )
-    differing = sorted(
-        key for key in set().union(*rest) if len({json.dumps(r.get(key)) for r in rest}) > 1
-    )
-    if differing:
-        raise ScalelearnError(
-            f"config key experiments.{name}.analyses: {analysis} averages the seeds of each "
-            f"({', '.join(ANALYSIS_CELL_KEYS[analysis])}) cell, but the runs also differ in "
-            f"{', '.join(differing)}; allowed: a grid over "
-            f"{', '.join(ANALYSIS_CELL_KEYS[analysis])} and seed only (one experiment per setting)"
-        )
-    if analysis == "learned_scales":
-        fixed = [
-            r.run_id
-            for r in runs
-            if r.config["model"].get("scale_mode", "fixed") == "fixed"
-            and not r.config["model"].get("learn_sigma_basis")
-        ]
-        if fixed:
-            raise ScalelearnError(
-                f"config key experiments.{name}.analyses: learned_scales needs learnable scales, "
-                f"but run {fixed[0]} has scale_mode fixed and learn_sigma_basis false; allowed: "
-                "a learnable scale_mode or learn_sigma_basis true"
-            )
-
-
-def _check_compare_with(name: str, experiment: dict, other: str, experiments: dict) -> None:
-    key = f"config key experiments.{name}.compare_with"
-    candidates = [
-        e
-        for e, spec in experiments.items()
-        if e != name and "isr_curve" in spec.get("analyses", [])
-    ]
-    allowed = "one of " + ", ".join(repr(e) for e in candidates) if candidates else "none here"
-    if "learned_scales" not in experiment.get("analyses", []):
-        raise ScalelearnError(
-            f"{key}: invalid value {other!r}: compare_with is only used by the learned_scales "
-            "analysis, which this experiment does not run; remove it or add learned_scales"
-        )
-    if other not in candidates:
-        why = (
-            "the experiment itself"
-            if other == name
-            else (
-                "not an experiment of the config"
-                if other not in experiments
-                else "an experiment without the isr_curve analysis"
-            )
-        )
-        raise ScalelearnError(
-            f"{key}: invalid value {other!r} ({why}); allowed: an other experiment with the "
-            f"isr_curve analysis: {allowed}"
-        )
 
 
 def _check_subset(key: str, values: list, allowed: list, source: str) -> None:

@@ -1,6 +1,8 @@
-# One training run per grid point. The only declared output is summary.json (written last, at
-# the best checkpoint), so a killed job leaves its last.ckpt in the run folder and resumes from
-# it. The resolved run config travels as a params JSON string: any change to it re-runs the job.
+# One training run per grid point. The declared outputs are summary.json (written last, at
+# the best checkpoint) and metrics.csv (one row per epoch, read by the scale trajectories), so
+# a killed job leaves its last.ckpt in the run folder and resumes from it (the checkpoint holds
+# the epoch rows, so metrics.csv is rewritten whole). The resolved run config travels as a
+# params JSON string: any change to it re-runs the job.
 
 
 rule train:
@@ -8,6 +10,7 @@ rule train:
         dataset=lambda w: lookup_run(w).dataset.path,
     output:
         summary="results/runs/{experiment}/{run_id}/summary.json",
+        metrics="results/runs/{experiment}/{run_id}/metrics.csv",
     params:
         run_config=lambda w: json.dumps(lookup_run(w).config),
         folder=lambda w, output: os.path.dirname(output.summary),

@@ -314,6 +314,9 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
             ckpt_path=last if last.exists() else None,
         )
     except Diverged as diverged:
+        if not recorder.rows:
+            # metrics.csv is a declared job output: diverged in the first epoch, it has no rows.
+            write_text(out / "metrics.csv", "epoch\n")
         summary = {
             **labels,
             "status": "diverged",
