@@ -1,7 +1,7 @@
 """SPEC §2, §3, §6 and §7 held in real (tiny) training runs through `train_run`.
 
 - Model selection: a run built so that its best validation epoch is neither the first nor the
-  last (the main LR jumps ×1000 at epoch 2 and wrecks the weights); the test metrics, the val
+  last (the main LR jumps ×30 at epoch 2 and knocks the weights about); the test metrics, the val
   metrics and the reported scales must be the best checkpoint's, evaluated here independently.
 - Normalisation: train and val/test come from different scale distributions, so their pixel
   statistics differ and per-split normalisation would change every number.
@@ -160,10 +160,12 @@ def evaluate(folder: Path, checkpoint: str, config: dict, split: str, stats_spli
 # ------------------------------------------------------------------------------ selection run
 
 SELECTION_TRAIN = {
-    "epochs": 4,
+    "epochs": 3,
     "lr": 0.01,
     "lr_milestones": [2],
-    "lr_gamma": 1000.0,  # wrecks the weights from epoch 2 on: the best epoch is an early one
+    # Epoch 2 at lr 0.3 knocks the weights about (val accuracy drops, the loss stays below the
+    # divergence bound): the best epoch is epoch 1, neither the first nor the last.
+    "lr_gamma": 30.0,
     "scale_lr": 0.1,
     "scale_warmup_epochs": 0,
     "scale_lr_milestones": [1],
@@ -177,7 +179,7 @@ def selection_run(shifted_dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("selection")
     config = run_config(shifted_dataset, SELECTION_MODEL, **SELECTION_TRAIN)
     with probed() as probe:
-        summary = train_run(config, folder, threads=1)
+        summary = train_run(config, folder)
     rows = read_metrics(folder)
     best = int(np.argmax([row["val_acc"] for row in rows]))
     # The construction this file relies on: the best epoch is neither the first nor the last.
@@ -243,11 +245,11 @@ def test_kernel_size_follows_sigma_max_in_every_epoch(selection_run):
 
 
 def test_each_schedule_uses_its_own_milestones_and_gamma(selection_run):
-    """Main LR ×1000 at epoch 2, scale LR ×0.5 at epoch 1 (no warm-up): swapping either the
+    """Main LR ×30 at epoch 2, scale LR ×0.5 at epoch 1 (no warm-up): swapping either the
     milestones or γ between the two schedules changes these rows."""
     _, _, _, rows, _, _ = selection_run
-    assert [row["lr"] for row in rows] == pytest.approx([0.01, 0.01, 10.0, 10.0])
-    assert [row["scale_lr"] for row in rows] == pytest.approx([0.1, 0.05, 0.05, 0.05])
+    assert [row["lr"] for row in rows] == pytest.approx([0.01, 0.01, 0.3])
+    assert [row["scale_lr"] for row in rows] == pytest.approx([0.1, 0.05, 0.05])
 
 
 def test_scale_group_holds_theta_and_learnable_sigma_b_only(selection_run):
@@ -297,7 +299,7 @@ def frozen_sigma_run(shifted_dataset, tmp_path_factory):
         "scale_lr_gamma": 0.5,
     }
     with probed() as probe:
-        summary = train_run(run_config(shifted_dataset, model, **train), folder, threads=1)
+        summary = train_run(run_config(shifted_dataset, model, **train), folder)
     return folder, summary, probe
 
 
@@ -350,7 +352,7 @@ def test_projection_runs_after_every_optimiser_step(shifted_dataset, tmp_path, m
     # ISR 1: three equal scales, so the first Adam steps (±lr each) put them out of order.
     model = {"scale_mode": "direct", "isr": 1.0}
     config = run_config(shifted_dataset, model, scale_lr=0.3, scale_warmup_epochs=0)
-    train_run(config, tmp_path, threads=1)
+    train_run(config, tmp_path)
     steps = 2 * math.ceil(200 / 20)
     assert len(before_projection) >= steps, "the projection runs after every optimiser step"
     invalid = [s for s in before_projection if (s < MIN_SCALE).any() or (s.diff() < 0).any()]
@@ -380,7 +382,7 @@ def test_nan_in_the_scales_fails_loudly(shifted_dataset, tmp_path, monkeypatch):
     config = run_config(shifted_dataset, SELECTION_MODEL, scale_warmup_epochs=0)
     with probed(monkeypatch) as probe:
         try:
-            summary = train_run(config, tmp_path, threads=1)
+            summary = train_run(config, tmp_path)
         except ScalelearnError as error:
             message = str(error)
         else:
@@ -453,7 +455,7 @@ def test_rescale_augmentation_in_training(blob_dataset, tmp_path):
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
-        train_run(config, tmp_path, threads=1)
+        train_run(config, tmp_path)
     finally:
         handle.remove()
     original = torch.from_numpy(blob()).double()
@@ -492,7 +494,7 @@ def test_cnn_baseline_trains(pool, tmp_path):
     config = run_config(str(path), {}, epochs=1, batch_size=25)
     config["model"] = {"name": "cnn"}
     with probed() as probe:
-        summary = train_run(config, tmp_path / "run", threads=1)
+        summary = train_run(config, tmp_path / "run")
     assert summary["status"] == "ok" and 0 <= summary["test_acc"] <= 1
     assert summary["test_error"] == pytest.approx(100 * (1 - summary["test_acc"]))
     rows = read_metrics(tmp_path / "run")
