@@ -136,6 +136,21 @@ def test_killed_run_resumes_to_the_same_numbers(tiny_dataset, tiny_run, tmp_path
         assert resumed[key] == summary[key], key
 
 
+def test_finished_run_started_again_writes_its_metrics_again(tiny_dataset, tiny_run, tmp_path):
+    """Snakemake deletes a job's outputs (metrics.csv) before running it again; a finished run
+    then trains no epoch but must still leave its metrics.csv, from the checkpoint's rows."""
+    import shutil
+
+    folder, summary = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy)
+    (copy / "metrics.csv").unlink()
+    (copy / "summary.json").unlink()
+    again = run_module.train_run(run_config(tiny_dataset), copy)
+    assert read_metrics(copy) == read_metrics(folder)
+    assert again["test_acc"] == summary["test_acc"]
+
+
 def test_non_finite_loss_marks_the_run_diverged(tiny_dataset, tmp_path):
     config = run_config(tiny_dataset, epochs=1, lr=1e30)
     summary = run_module.train_run(config, tmp_path)

@@ -93,6 +93,12 @@ class EpochRecorder(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
 
+    def on_fit_end(self, trainer, module) -> None:
+        # A run resumed at max_epochs trains no epoch, but Snakemake removed metrics.csv (a job
+        # output) before the job: the rows restored from the checkpoint write it again.
+        if self.rows:
+            write_csv(self.path, self.rows)
+
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
