@@ -53,7 +53,6 @@ MODEL_DEFAULTS: dict[str, dict] = {
 }
 
 
-
 def _check_name(config) -> None:
     """A config class serves one network: its `name` must be that network's."""
     expected = type(config).__dataclass_fields__["name"].default

@@ -21,10 +21,9 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from scalelearn.allocator import reuse_freed_memory
 from scalelearn.atomic import atomic_path, write_text
-from scalelearn.data.datasets import load_dataset
-from scalelearn.data.loader import Batches, train_statistics
 from scalelearn.data.store import write_json
 from scalelearn.errors import ScalelearnError
+from scalelearn.train.datamodule import ScaleDataModule
 from scalelearn.train.module import ScaleLearner
 
 TRAIN_DEFAULTS = {
@@ -121,29 +120,6 @@ def resolve_train_config(train: dict) -> dict:
     return cfg
 
 
-def make_loaders(dataset: dict, train: dict, seed: int) -> dict[str, Batches]:
-    """uint8 tensors in memory; shuffled (seeded per epoch) for training only."""
-    loaders = {}
-    for split in ("train", "val", "test"):
-        images = torch.from_numpy(dataset[f"{split}_images"])
-        labels = torch.from_numpy(dataset[f"{split}_labels"])
-        if split == "train":
-            loaders[split] = Batches(images, labels, train["batch_size"], shuffle=True, seed=seed)
-        else:
-            loaders[split] = Batches(images, labels, train["eval_batch_size"])
-    return loaders
-
-
-class _EpochShuffle(Callback):
-    """Tells the train loader which epoch it is, so its order depends on (seed, epoch) only."""
-
-    def __init__(self, loader: Batches):
-        self.loader = loader
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self.loader.set_epoch(trainer.current_epoch)
-
-
 def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | None = None) -> dict:
     """Train the run described by `run_config` (as `scalelearn runs --show` prints it) into
     `out_dir`.
@@ -161,15 +137,13 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
     resolved = {**run_config, "train": train}
     write_json(out / "config.json", resolved)
 
-    dataset_path = run_config["dataset"]
-    if not Path(dataset_path).exists():
-        raise ScalelearnError(f"dataset {dataset_path} does not exist; build it first")
-    dataset = load_dataset(dataset_path)
-    mean, std = train_statistics(dataset["train_images"])
-    loaders = make_loaders(dataset, train, seed)
+    data = ScaleDataModule(
+        run_config["dataset"], train["batch_size"], train["eval_batch_size"], seed
+    )
+    data.setup()
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = ScaleLearner(run_config["model"], train, seed, mean, std)
+    module = ScaleLearner(run_config["model"], train, seed, data.mean, data.std)
     best = ModelCheckpoint(
         dirpath=out,
         filename="best",
@@ -185,7 +159,7 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
         max_epochs=train["epochs"],
         accelerator=train["accelerator"],
         devices=1,
-        callbacks=[best, recorder, _EpochShuffle(loaders["train"])],
+        callbacks=[best, recorder],
         plugins=[AtomicCheckpointIO()],
         logger=False,
         default_root_dir=out,
@@ -199,14 +173,9 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
     # The run folder is also the checkpoint folder: it already holds config.json.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     last = out / "last.ckpt"
-    trainer.fit(
-        module,
-        train_dataloaders=loaders["train"],
-        val_dataloaders=loaders["val"],
-        ckpt_path=last if last.exists() else None,
-    )
+    trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
     best_path = Path(best.best_model_path)
-    test = trainer.test(module, dataloaders=loaders["test"], ckpt_path=best_path, verbose=False)[0]
+    test = trainer.test(module, datamodule=data, ckpt_path=best_path, verbose=False)[0]
     # trainer.test loaded the best weights into `module`: its scales are the reported ones.
     report = module.model.scale_report()
     best_epoch = int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"])
