@@ -25,8 +25,7 @@ class Batches:
     images: uint8 [n, H, W] (tensor or array); labels: int [n]. With ``shuffle`` each epoch uses
     the order ``torch.randperm(n)`` drawn from a generator seeded by (seed, epoch): call
     ``set_epoch(epoch)`` before iterating (a resumed run then sees the same order as an
-    uninterrupted one); a Lightning Trainer does so by itself (see ``sampler``). ``len()`` is
-    the number of batches.
+    uninterrupted one). ``len()`` is the number of batches.
     """
 
     def __init__(
@@ -58,12 +57,6 @@ class Batches:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-
-    @property
-    def sampler(self) -> Batches:
-        """Itself: Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of every
-        training epoch (the protocol of a DistributedSampler), which sets this loader's order."""
-        return self
 
     def __len__(self) -> int:
         n = len(self.images)

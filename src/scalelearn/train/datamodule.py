@@ -32,8 +32,9 @@ class ScaleDataModule(pl.LightningDataModule):
     batch_size: training batch size. eval_batch_size: validation and test batch size
         (default: batch_size).
     seed: the training order of epoch e is the permutation drawn from (seed, e) alone, so a
-        resumed run sees the same batches as an unbroken one. Lightning tells the train loader
-        the epoch at the start of every epoch (as it does a DistributedSampler).
+        resumed run sees the same batches as an unbroken one. Under a Trainer the train loader
+        takes e from `trainer.current_epoch` whenever an epoch starts; in a loop of your own,
+        call `train_dataloader().set_epoch(e)`.
     After `setup()`: `mean`, `std` (of train images / 255, for normalisation) and the loaders.
     """
 
@@ -52,7 +53,6 @@ class ScaleDataModule(pl.LightningDataModule):
         self.mean: float | None = None
         self.std: float | None = None
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._train: Batches | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Read the dataset (once) and compute the train statistics."""
@@ -69,13 +69,11 @@ class ScaleDataModule(pl.LightningDataModule):
             self._splits[split] = (images, labels)
         self.mean, self.std = train_statistics(self._splits["train"][0])
 
-    def train_dataloader(self) -> Batches:
-        # One loader for the whole fit: its order depends on (seed, epoch), set by Lightning.
-        if self._train is None:
-            self.setup()
-            images, labels = self._splits["train"]
-            self._train = Batches(images, labels, self.batch_size, shuffle=True, seed=self.seed)
-        return self._train
+    def train_dataloader(self) -> _EpochOrderedBatches:
+        self.setup()
+        images, labels = self._splits["train"]
+        batches = Batches(images, labels, self.batch_size, shuffle=True, seed=self.seed)
+        return _EpochOrderedBatches(batches, self)
 
     def val_dataloader(self) -> Batches:
         return self._eval_loader("val")
@@ -86,3 +84,26 @@ class ScaleDataModule(pl.LightningDataModule):
     def _eval_loader(self, split: str) -> Batches:
         self.setup()
         return Batches(*self._splits[split], self.eval_batch_size)
+
+
+class _EpochOrderedBatches:
+    """The shuffled train Batches, put in the order of the attached Trainer's current epoch each
+    time an epoch starts iterating (Lightning iterates the loader once per epoch)."""
+
+    def __init__(self, batches: Batches, datamodule: pl.LightningDataModule):
+        self.batches = batches
+        self.datamodule = datamodule
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        # A generator: the epoch is read when the first batch is drawn, as Batches draws its
+        # order; read at iter() time, a resumed run got another order (tests/test_train.py).
+        trainer = self.datamodule.trainer
+        if trainer is not None:
+            self.batches.set_epoch(trainer.current_epoch)
+        yield from self.batches
