@@ -18,6 +18,7 @@ ordered). `equivariance_error(module, x)` measures how equivariant a layer or ne
 """
 
 from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, ScaleMaxProjection, scale_max_projection
+from scalelearn.nn.equivariance import equivariance_error
 from scalelearn.nn.hermite import BASIS_TYPES, HermiteBasis, ScaleBasis
 from scalelearn.nn.scales import SCALE_MODES, InternalScales
 from scalelearn.nn.shared_basis import SharedBasis
@@ -32,5 +33,6 @@ __all__ = [
     "ScaleConvZ2H",
     "ScaleMaxProjection",
     "SharedBasis",
+    "equivariance_error",
     "scale_max_projection",
 ]
