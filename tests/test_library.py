@@ -16,7 +16,6 @@ import yaml
 from scalelearn.data.loader import Batches
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn.models import (
-    MODEL_DEFAULTS,
     MODELS,
     CNNConfig,
     SESNConfig,
@@ -24,10 +23,10 @@ from scalelearn.nn.models import (
     build_model,
     model_config,
 )
+from scalelearn.settings import MODEL_DEFAULTS, TRAIN_DEFAULTS
 from scalelearn.train.config import TrainConfig
 from scalelearn.train.datamodule import ScaleDataModule
 from scalelearn.train.module import ScaleLearner
-from scalelearn.train.run import TRAIN_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "library_example.py"

@@ -20,37 +20,7 @@ from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, ScaleMaxProjection
 from scalelearn.nn.hermite import HermiteBasis, kernel_size
 from scalelearn.nn.scales import InternalScales
 from scalelearn.nn.shared_basis import SharedBasis
-
-_SCALE_DEFAULTS = {
-    "scale_mode": "fixed",
-    "learn_sigma_basis": False,
-    "kernel_size_k": 4.0,
-    "basis_mult": 1.4,
-    "basis_max_order": 4,
-    "implementation": "fast",
-}
-
-MODEL_DEFAULTS: dict[str, dict] = {
-    "toy": {
-        "name": "toy",
-        "basis": "hermite_a",
-        "effective_size": 5,
-        "num_scales": 3,
-        "sigma_basis": 2.0,
-        "isr": 3.0,
-        **_SCALE_DEFAULTS,
-    },
-    "sesn": {
-        "name": "sesn",
-        "basis": "hermite_b",
-        "effective_size": 7,
-        "num_scales": 4,
-        "sigma_basis": 1.5,
-        "isr": 2.0,
-        **_SCALE_DEFAULTS,
-    },
-    "cnn": {"name": "cnn", "kernel_size": 7},
-}
+from scalelearn.settings import MODEL_DEFAULTS
 
 
 def _check_name(config) -> None:

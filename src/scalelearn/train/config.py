@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from scalelearn.errors import ScalelearnError
-from scalelearn.train.run import AUGMENTS, TRAIN_DEFAULTS
+from scalelearn.settings import AUGMENTS, TRAIN_DEFAULTS
 
 
 def _default(key: str):

@@ -3,20 +3,16 @@ schedules of SPEC §6, normalisation and "+" augmentation done on the device, pe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from scalelearn.train.config import TrainConfig
-
 from scalelearn.data.loader import epoch_seed
 from scalelearn.data.rescale import random_rescale
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn.models import ModelConfig, build_model, config_dict, model_config
+from scalelearn.train.config import TrainConfig
 
 # SESN's "+" augmentation: a fresh random rescale per load of a training image.
 AUGMENT_SCALE_RANGE = (0.5, 2.0)
@@ -58,10 +54,6 @@ class ScaleLearner(pl.LightningModule):
         std: float = 1.0,
     ):
         super().__init__()
-        # Imported here: scalelearn.train.config reads TRAIN_DEFAULTS from scalelearn.train.run,
-        # which imports this module.
-        from scalelearn.train.config import TrainConfig
-
         model = model_config(model)
         if not isinstance(train, TrainConfig):
             train = TrainConfig.from_dict(train or {})
