@@ -96,6 +96,10 @@ def test_layers_work_alone_in_sequential_with_their_shapes():
     assert sequential(basis).float()(x).shape == (2, 5)
     with pytest.raises(TypeError, match="SharedBasis"):
         ScaleConvZ2H(1, 3, basis.internal_scales)
+    with pytest.raises(ValueError, match=r"expects x of shape \[B, Cin, H, W\] with Cin = 1"):
+        ScaleConvZ2H(1, 3, basis)(lifted)
+    with pytest.raises(ValueError, match="with Cin = 3, S = 4; got"):
+        ScaleConvH2H(3, 5, basis)(lifted[:, :, :2])
 
 
 def test_basis_is_computed_once_per_forward_pass(monkeypatch):

@@ -91,10 +91,22 @@ class _ScaleConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         y = IMPLEMENTATIONS[self.implementation][self._which](x, self.weight, self.basis())
         if self.bias is not None:
             y = y + self.bias[:, None, None, None]
         return y
+
+    def _check_input(self, x: Tensor) -> None:
+        scales = self.basis.num_scales
+        expected = [self.in_channels] if self._which == 0 else [self.in_channels, scales]
+        if x.dim() != 3 + len(expected) or list(x.shape[1 : len(expected) + 1]) != expected:
+            shape = "[B, Cin, H, W]" if self._which == 0 else "[B, Cin, S, H, W]"
+            raise ValueError(
+                f"{self._get_name()} expects x of shape {shape} with Cin = {self.in_channels}"
+                + (f", S = {scales}" if self._which == 1 else "")
+                + f"; got {tuple(x.shape)}"
+            )
 
     def __repr__(self) -> str:
         # One line: the shared basis is a submodule of every layer, and printing it again inside
