@@ -34,6 +34,8 @@ class TrainConfig:
         (SESN's "+" augmentation).
     eval_batch_size: mini-batch size of validation and test.
     accelerator: Lightning accelerator ("auto", "cpu", "gpu", ...).
+    threads: CPU threads of training (part of the config: on a CPU the numbers depend on it in
+        the last bits).
     """
 
     epochs: int = _default("epochs")
@@ -48,6 +50,7 @@ class TrainConfig:
     augment: str = _default("augment")
     eval_batch_size: int = _default("eval_batch_size")
     accelerator: str = _default("accelerator")
+    threads: int = _default("threads")
 
     def __post_init__(self):
         if self.augment not in AUGMENTS:

@@ -35,7 +35,8 @@ class ScaleDataModule(pl.LightningDataModule):
         resumed run sees the same batches as an unbroken one. Under a Trainer the train loader
         takes e from `trainer.current_epoch` whenever an epoch starts; in a loop of your own,
         call `train_dataloader().set_epoch(e)`.
-    After `setup()`: `mean`, `std` (of train images / 255, for normalisation) and the loaders.
+    After `setup()`: `mean`, `std` (of train images / 255, for normalisation), `image_size`
+    (the side H = W of the images) and the loaders.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class ScaleDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.mean: float | None = None
         self.std: float | None = None
+        self.image_size: int | None = None
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -68,6 +70,7 @@ class ScaleDataModule(pl.LightningDataModule):
             labels = torch.from_numpy(np.asarray(arrays[f"{split}_labels"]))
             self._splits[split] = (images, labels)
         self.mean, self.std = train_statistics(self._splits["train"][0])
+        self.image_size = int(self._splits["train"][0].shape[-1])
 
     def train_dataloader(self) -> _EpochOrderedBatches:
         self.setup()
