@@ -254,3 +254,27 @@ def test_paper_networks_equal_the_dense_reference_architecture(config, size, ref
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(model, x), rtol=1e-9, atol=1e-10)
     assert model.scale_report()["isr"] != pytest.approx(config.isr), "the step moved the scales"
+
+
+@pytest.mark.parametrize("name", ["toy", "sesn"])
+def test_checkpoints_of_the_previous_layout_still_load(name):
+    """Before the SharedBasis, a network's state held `internal_scales.*` and `basis.<buffer>`
+    once, and its layers only their weights: such a state loads strictly, to the same values."""
+    torch.manual_seed(0)
+    cfg = {"name": name, "scale_mode": "single_ratio_squared", "learn_sigma_basis": True}
+    trained = build_model(cfg)
+    with torch.no_grad():
+        trained.internal_scales.theta.add_(0.3)
+    old = {}
+    for key, value in trained.state_dict().items():
+        if key.startswith("basis.internal_scales."):
+            old[key.removeprefix("basis.")] = value
+        elif key.startswith("basis.hermite."):
+            old["basis." + key.removeprefix("basis.hermite.")] = value
+        elif ".basis." not in key:
+            old[key] = value
+    fresh = build_model(cfg)
+    fresh.load_state_dict(old)
+    assert fresh.scale_report() == trained.scale_report()
+    for layer in (m for m in fresh.modules() if hasattr(m, "basis") and m is not fresh):
+        assert layer.basis is fresh.basis

@@ -151,6 +151,7 @@ class ScaleEquivariantNet(nn.Module):
         super().__init__()
         self.config = config
         self.basis = config.shared_basis()
+        self._register_load_state_dict_pre_hook(_from_previous_layout, with_module=True)
 
     @property
     def internal_scales(self) -> InternalScales:
@@ -165,6 +166,29 @@ class ScaleEquivariantNet(nn.Module):
             "isr": float(scales.max() / scales.min()),
             "kernel_size": kernel_size(scales, self.basis.hermite.kernel_size_k),
         }
+
+
+def _from_previous_layout(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+):
+    """Reads checkpoints written before the layers shared a SharedBasis: there the network held
+    `internal_scales.*` and `basis.*` (the HermiteBasis buffers) itself and its layers held no
+    copy. Each old entry goes to every path the shared module now has (`basis.`, `conv.basis.`)."""
+    old_scales = [k for k in state_dict if k.startswith(prefix + "internal_scales.")]
+    if not old_scales:
+        return
+    old_buffers = [k for k in state_dict if k.startswith(prefix + "basis.")]
+    paths = [
+        name + "."
+        for name, child in module.named_modules(remove_duplicate=False)
+        if child is module.basis
+    ]
+    for key in old_scales + old_buffers:
+        value = state_dict.pop(key)
+        name = key[len(prefix) :].split(".", 1)[1]
+        part = "internal_scales." if key in old_scales else "hermite."
+        for path in paths:
+            state_dict[f"{prefix}{path}{part}{name}"] = value
 
 
 class ToyModel(ScaleEquivariantNet):
