@@ -17,6 +17,7 @@ VERB_MODULES = (
     "scalelearn.train.cli",
     "scalelearn.analysis.cli",
     "scalelearn.bench",
+    "scalelearn.devices",
 )
 
 

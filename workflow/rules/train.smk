@@ -21,6 +21,8 @@ rule train:
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "scalelearn train --run-config {params.run_config:q} --out {params.folder}"
+        "scalelearn with-gpu --gpus {resources.gpu} --jobs-per-gpu {JOBS_PER_GPU}"
+        " -- \"$SCALELEARN_PYTHON\" -m scalelearn train"
+        " --run-config {params.run_config:q} --out {params.folder}"
         " --threads {threads}"
         " > {log} 2>&1"
