@@ -30,7 +30,7 @@ sys.path.insert(0, SRC)
 # expands from this variable). Otherwise it is the Python that runs Snakemake (its environment
 # has every dependency, activated or not) with src/ on PYTHONPATH, so a checkout runs its own
 # code without an install.
-os.environ["SCALELEARN_WORKFLOW_DIR"] = str(Path(workflow.basedir).resolve())
+os.environ.update(SCALELEARN_WORKFLOW_DIR=str(Path(workflow.basedir).resolve()))
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 # A prefix replaces Snakemake's default bash strict mode, so it is restated; the prefix is
 # formatted like a shell command, hence the doubled braces.

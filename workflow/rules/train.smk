@@ -18,10 +18,11 @@ rule train:
         mem_mb=CONFIG["resources"]["train"]["mem_mb"],
         runtime=CONFIG["resources"]["train"]["runtime"],
         gpu=CONFIG["resources"]["train"]["gpu"],
+        jobs_per_gpu=JOBS_PER_GPU,  # read by `scalelearn with-gpu` (a resource: no rerun trigger)
     conda:
         "../../envs/scalelearn.yaml"
     shell:
-        "scalelearn with-gpu --gpus {resources.gpu} --jobs-per-gpu {JOBS_PER_GPU}"
+        "scalelearn with-gpu --gpus {resources.gpu} --jobs-per-gpu {resources.jobs_per_gpu}"
         " -- \"$SCALELEARN_PYTHON\" -m scalelearn train"
         " --run-config {params.run_config:q} --out {params.folder}"
         " --threads {threads}"
