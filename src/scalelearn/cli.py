@@ -18,6 +18,7 @@ VERB_MODULES = (
     "scalelearn.analysis.cli",
     "scalelearn.bench",
     "scalelearn.devices",
+    "scalelearn.config_doc",
 )
 
 

@@ -20,12 +20,12 @@ rule table_isr_curve:
     output:
         csv="results/tables/{experiment}_isr.csv",
         tex="results/tables/{experiment}_isr.tex",
-    params:
-        stem=lambda w, output: output_stem(output),
     log:
         "results/logs/tables/{experiment}_isr.log",
     conda:
         "../../envs/scalelearn.yaml"
+    params:
+        stem=lambda w, output: output_stem(output),
     shell:
         "scalelearn table isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
 
@@ -41,12 +41,12 @@ rule plot_isr_curve:
             category="Test error vs ISR",
             labels={"experiment": "{experiment}"},
         ),
-    params:
-        stem=lambda w, output: output_stem(output),
     log:
         "results/logs/figures/{experiment}_isr.log",
     conda:
         "../../envs/scalelearn.yaml"
+    params:
+        stem=lambda w, output: output_stem(output),
     shell:
         "scalelearn plot isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
 
@@ -57,15 +57,15 @@ rule table_learned_scales:
     output:
         csv="results/tables/{experiment}_learned.csv",
         tex="results/tables/{experiment}_learned.tex",
+    log:
+        "results/logs/tables/{experiment}_learned.log",
+    conda:
+        "../../envs/scalelearn.yaml"
     params:
         stem=lambda w, output: output_stem(output),
         reference=lambda w, input: (
             f"--reference {input.reference}" if "reference" in input.keys() else ""
         ),
-    log:
-        "results/logs/tables/{experiment}_learned.log",
-    conda:
-        "../../envs/scalelearn.yaml"
     shell:
         "scalelearn table learned-scales --runs {input.runs} {params.reference}"
         " --out {params.stem} > {log} 2>&1"

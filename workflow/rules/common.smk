@@ -8,7 +8,6 @@ from snakemake.utils import validate
 from scalelearn import devices
 from scalelearn import experiments as sl
 
-
 # A clear message first (key, value, what is allowed), then Snakemake's own check against the
 # same schema file; both fill in the schema's defaults.
 CONFIG = sl.validate_config(config)

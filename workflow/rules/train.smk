@@ -8,22 +8,22 @@ rule train:
         dataset=lambda w: lookup_run(w).dataset.path,
     output:
         summary="results/runs/{experiment}/{run_id}/summary.json",
-    params:
-        run_config=lambda w: json.dumps(lookup_run(w).config),
-        folder=lambda w, output: os.path.dirname(output.summary),
     log:
         "results/logs/train/{experiment}/{run_id}.log",
+    conda:
+        "../../envs/scalelearn.yaml"
     threads: CONFIG["resources"]["train"]["threads"]
     resources:
         mem_mb=CONFIG["resources"]["train"]["mem_mb"],
         runtime=CONFIG["resources"]["train"]["runtime"],
         gpu=CONFIG["resources"]["train"]["gpu"],
         jobs_per_gpu=JOBS_PER_GPU,  # read by `scalelearn with-gpu` (a resource: no rerun trigger)
-    conda:
-        "../../envs/scalelearn.yaml"
+    params:
+        run_config=lambda w: json.dumps(lookup_run(w).config),
+        folder=lambda w, output: os.path.dirname(output.summary),
     shell:
         "scalelearn with-gpu --gpus {resources.gpu} --jobs-per-gpu {resources.jobs_per_gpu}"
-        " -- \"$SCALELEARN_PYTHON\" -m scalelearn train"
+        ' -- "$SCALELEARN_PYTHON" -m scalelearn train'
         " --run-config {params.run_config:q} --out {params.folder}"
         " --threads {threads}"
         " > {log} 2>&1"
