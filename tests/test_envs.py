@@ -109,3 +109,10 @@ def test_pip_part_installs_this_workflow_folder(tmp_path):
 def test_snakefile_sets_the_variable_the_env_needs():
     text = (REPO / "Snakefile").read_text()
     assert "SCALELEARN_WORKFLOW_DIR=str(Path(workflow.basedir).resolve())" in text
+
+
+def test_license_file_matches_pyproject():
+    license_text = (REPO / "LICENSE").read_text()
+    assert _project()["license"] == {"text": "MIT"}
+    assert license_text.startswith("MIT License")
+    assert "Permission is hereby granted, free of charge" in license_text
