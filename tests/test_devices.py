@@ -131,14 +131,17 @@ def test_with_gpu_busy_is_a_one_line_error(tmp_path):
 
 
 def test_workflow_runs_one_training_job_per_gpu(tmp_path):
-    """`snakemake --cores 4` with two (fake) GPUs: the Snakefile offers gpu=2, so two training
-    jobs run at once, and each job gets a GPU no running job holds (none had to wait)."""
+    """`snakemake --cores 4` with two (fake) GPUs and three training runs: the Snakefile offers
+    gpu=2, so two training jobs run at once, each on a GPU no running job holds (none waited)."""
     workdir = tmp_path / "workflow"
     ignore = shutil.ignore_patterns(".venv", ".git", "results", ".snakemake")
     shutil.copytree(REPO, workdir, ignore=ignore)
     config = yaml.safe_load((REPO / "config/test.yaml").read_text())
     config["resources"]["train"]["gpu"] = 1  # training still on the CPU: accelerator cpu
+    # Three training runs on one dataset: one more than the two GPUs.
+    config["datasets"]["scale_distribution"]["widths_octaves"] = [1.0]
     config["experiments"] = {"e1": config["experiments"]["e1"]}
+    config["experiments"]["e1"]["grid"] = {"isr": [1.5, 2.0, 3.0]}
     config["experiments"]["e1"]["analyses"] = []
     (workdir / "gpus.yaml").write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -154,14 +157,14 @@ def test_workflow_runs_one_training_job_per_gpu(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     logs = sorted((workdir / "results/logs/train/e1").glob("*.log"))
-    assert len(logs) == 4
+    assert len(logs) == 3
     claims = [
         re.search(r"with-gpu: GPU (\d) \(slot 0 of 1, claimed after ([\d.]+) s", p.read_text())
         for p in logs
     ]
     assert all(claims), [p.read_text()[:300] for p in logs]
     assert {c[1] for c in claims} == {"0", "1"}
-    # --cores 4 would start all four (1 thread each); a third job at once would have found both
+    # --cores 4 would start all three (1 thread each); a third job at once would have found both
     # GPUs held and waited at least one poll (1 s).
     assert all(float(c[2]) == 0.0 for c in claims), "a job waited: more jobs than GPUs ran"
-    assert len(pd.read_csv(workdir / "results/aggregate/e1.csv")) == 4
+    assert len(pd.read_csv(workdir / "results/aggregate/e1.csv")) == 3
