@@ -48,7 +48,12 @@ else:
     )
 
 
-configfile: "config/config.yaml"
+# The paper grid unless a --configfile is given: a preset replaces it, it is not merged into it
+# (merged, a config with only e3 would gain e1 and e2). The workflow profile's
+# replace-workflow-config does the same; this holds without the profile too.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -57,21 +62,21 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
 
 
-# Rules that take seconds run on the host that runs Snakemake, not as cluster jobs (the MNIST
-# download also needs the internet, which compute nodes often lack).
-localrules:
-    all,
-    mnist_pool,
-    aggregate,
-    table_isr_curve,
-    plot_isr_curve,
-    table_learned_scales,
+onsuccess:
+    report_failed_runs()
+
+
+onerror:
+    remove_stale_analyses()
+    report_failed_runs()
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+    localrule: True

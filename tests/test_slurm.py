@@ -249,15 +249,21 @@ def test_test_preset_on_slurm_equals_a_local_run(cluster, tmp_path):
     runs = experiments.all_runs(experiments.load_config(REPO / PRESET))
     run_list = [run for runs_of in runs.values() for run in runs_of]
     assert len(by_rule.get("train", ())) == len(run_list), by_rule
-    logged = set()
-    for run in run_list:
-        log = on_slurm / f"results/logs/train/{run.experiment}/{run.run_id}.log"
-        found = re.search(r"scalelearn with-gpu: SLURM job (\d+)", log.read_text())
-        assert found, f"{log} names no SLURM job"
-        logged.add(found[1])
-    assert logged == by_rule["train"]
-    # The small rules ran on the submit host (localrules), the datasets as cluster jobs.
-    assert set(by_rule) == {"train", "dataset_scale_distribution"}, by_rule
+    # The GPU jobs (training, the per-scale test) logged the id SLURM gave them.
+    for rule in ("train", "evaluate"):
+        logged = set()
+        for log in sorted((on_slurm / "results/logs" / rule).rglob("*.log")):
+            found = re.search(r"scalelearn with-gpu: SLURM job (\d+)", log.read_text())
+            assert found, f"{log} names no SLURM job"
+            logged.add(found[1])
+        assert logged == by_rule.get(rule, set()), rule
+    # Only datasets and GPU jobs went to SLURM; the small rules ran on the submit host.
+    assert set(by_rule) <= {
+        "dataset_scale_distribution",
+        "dataset_mnist_scale",
+        "train",
+        "evaluate",
+    }
     queue = subprocess.run(["squeue", "-h"], env=cluster.env, capture_output=True, text=True)
     assert queue.stdout.strip() == "", "jobs left in the queue"
 

@@ -3,12 +3,15 @@
 # re-triggers the affected datasets.
 
 
+# The MNIST pool runs on the host that runs Snakemake (localrule): seconds of work, and the
+# download needs the internet, which compute nodes often lack.
 rule mnist_pool:
     output:
         npz="results/data/mnist/pool.npz",
         manifest="results/data/mnist/pool.json",
     log:
         "results/logs/data/mnist_pool.log",
+    localrule: True
     conda:
         "../../envs/scalelearn.yaml"
     threads: 1
