@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (see README.md):
 #   make reproduce [CONFIG=config/config.yaml]   set up, then run the pipeline (default: quick preset)
 #   make test                                    set up, then lint and run the test suite
+#   make test-slurm                              the test preset on a private Slurm cluster (root)
 # Setup is a virtual environment in .venv with the package installed editable; it is redone only
 # when pyproject.toml changes.
 
@@ -13,11 +14,12 @@ STAMP := $(VENV)/.scalelearn-installed
 # Jobs call `python -m scalelearn ...`: the venv's python must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help setup reproduce test clean
+.PHONY: help setup reproduce test test-slurm clean
 
 help:
 	@echo "make reproduce [CONFIG=config/quick.yaml|config/config.yaml|config/test.yaml]"
 	@echo "make test"
+	@echo "make test-slurm"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +34,14 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
 	$(BIN)/pytest
+
+# Starts munged, slurmctld and slurmd (installs Debian's slurm-wlm and munge when missing; needs
+# root), runs config/test.yaml through profiles/slurm and compares with a local run. Minutes.
+test-slurm: $(STAMP)
+	$(BIN)/pytest -m slurm tests/test_slurm.py
 
 clean:
 	rm -rf results/aggregate results/data results/figures results/logs results/runs results/tables

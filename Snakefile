@@ -8,26 +8,44 @@ logic (config validation, grid expansion, training, analysis) lives in the packa
     snakemake --cores all --configfile config/quick.yaml
 """
 
+import os
 import shlex
 import sys
 from pathlib import Path
 
+from snakemake.utils import min_version
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-# Every job calls the package's command line, `scalelearn VERB ...`, defined in the shell prefix
-# as a function that runs the Python that runs Snakemake (its environment has every dependency,
-# activated or not), or the conda env's python under --use-conda. src/ goes on PYTHONPATH, so
-# a conda env needs only the dependencies, and cluster nodes need no install of the package.
+min_version("9.0")
+
+# Parsing needs only Snakemake: the config validation and grid expansion below import the light
+# part of the package (scalelearn.settings, scalelearn.experiments: PyYAML and jsonschema, both
+# Snakemake dependencies) from src/, never torch.
 SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, SRC)  # for the config validation and grid expansion below
+sys.path.insert(0, SRC)
+
+# Every job calls the package's command line, `scalelearn VERB ...`, a shell function of the
+# prefix. Under --use-conda it is the conda env's python, and the env has the package installed
+# (envs/scalelearn.yaml: `pip install -e ${SCALELEARN_WORKFLOW_DIR}`, which conda's pip step
+# expands from this variable). Otherwise it is the Python that runs Snakemake (its environment
+# has every dependency, activated or not) with src/ on PYTHONPATH, so a checkout runs its own
+# code without an install.
+os.environ.update(SCALELEARN_WORKFLOW_DIR=str(Path(workflow.basedir).resolve()))
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
 # A prefix replaces Snakemake's default bash strict mode, so it is restated; the prefix is
 # formatted like a shell command, hence the doubled braces.
-shell.prefix(
-    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
-    'scalelearn() {{ %s -m scalelearn "$@"; }}; ' % (shlex.quote(SRC), PYTHON)
-)
+# $SCALELEARN_PYTHON is that python, for commands that wrap a verb (scalelearn with-gpu).
+if USE_CONDA:
+    shell.prefix(
+        "set -euo pipefail; SCALELEARN_PYTHON=python; "
+        'scalelearn() {{ python -m scalelearn "$@"; }}; '
+    )
+else:
+    shell.prefix(
+        "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
+        'SCALELEARN_PYTHON=%s; scalelearn() {{ "$SCALELEARN_PYTHON" -m scalelearn "$@"; }}; '
+        % (shlex.quote(SRC), shlex.quote(sys.executable))
+    )
 
 
 # The paper grid unless a --configfile is given: a preset replaces it, it is not merged into it
@@ -58,6 +76,7 @@ onerror:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True
+    localrule: True

@@ -110,11 +110,15 @@ def test_every_basis_builds(basis):
 
 
 def test_config_code_imports_no_torch():
-    """The Snakefile's config validation and grid expansion must run where torch is missing."""
+    """The Snakefile's config validation, grid expansion and GPU count must run where torch (and
+    numpy: Snakemake does not need it) is missing: they import only these modules."""
     code = (
-        "import sys; import scalelearn.settings, scalelearn.experiments as e; "
+        "import sys; import scalelearn.settings, scalelearn.devices, scalelearn.config_doc; "
+        "import scalelearn.experiments as e; "
         "c = e.load_config('config/test.yaml'); e.all_runs(c); e.datasets_needed(c); "
-        "heavy = [m for m in ('torch', 'pytorch_lightning', 'torchvision') if m in sys.modules]; "
+        "scalelearn.devices.gpu_slot_count(1); "
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'torchvision', 'numpy', 'pandas') "
+        "if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -19,6 +19,8 @@ VERB_MODULES = (
     "scalelearn.analysis.cli",
     "scalelearn.analysis.tolerance",
     "scalelearn.bench",
+    "scalelearn.devices",
+    "scalelearn.config_doc",
 )
 
 

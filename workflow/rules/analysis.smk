@@ -3,6 +3,10 @@
 # declaration, its inputs, options, outputs and report caption all derived from it.
 
 
+# Aggregation and the analyses take seconds: they run on the host that runs Snakemake, never
+# as cluster jobs (localrule).
+
+
 rule aggregate:
     input:
         experiment_summaries,
@@ -10,6 +14,7 @@ rule aggregate:
         "results/aggregate/{experiment}.csv",
     log:
         "results/logs/aggregate/{experiment}.log",
+    localrule: True
     conda:
         "../../envs/scalelearn.yaml"
     shell:
@@ -25,14 +30,15 @@ for _analysis in registry.ANALYSES.values():
             unpack(lambda w, a=_analysis: analysis_inputs(a, w)),
         output:
             **analysis_rule_outputs(_analysis),
+        log:
+            "results/logs/analysis/%s%s.log"
+            % (_analysis.name, "_{experiment}" if _analysis.per_experiment else ""),
+        localrule: True
+        conda:
+            "../../envs/scalelearn.yaml"
         params:
             name=_analysis.name,
             args=lambda w, input, a=_analysis: analysis_args(a, w, input),
             caption=lambda w, a=_analysis: analysis_caption(a, w),
-        log:
-            "results/logs/analysis/%s%s.log"
-            % (_analysis.name, "_{experiment}" if _analysis.per_experiment else ""),
-        conda:
-            "../../envs/scalelearn.yaml"
         shell:
             "scalelearn analyse {params.name} {params.args} > {log} 2>&1"

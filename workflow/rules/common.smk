@@ -6,9 +6,9 @@ import shlex
 
 from snakemake.utils import validate
 
+from scalelearn import devices
 from scalelearn import experiments as sl
 from scalelearn.analysis import registry
-
 
 # A clear message first (key, value, what is allowed), then Snakemake's own check against the
 # same schema file; both fill in the schema's defaults.
@@ -18,6 +18,16 @@ validate(config, schema=str(sl.SCHEMA_PATH))
 RUNS = sl.all_runs(CONFIG)  # experiment -> [Run]
 RUN_BY_ID = {(run.experiment, run.run_id): run for runs in RUNS.values() for run in runs}
 DATASETS = {dataset.path: dataset for dataset in sl.datasets_needed(CONFIG)}
+
+# Every GPU of the machine: a training job asks for `gpu` (resources.train.gpu), and unless the
+# command line (`--resources gpu=N`) or the profile says otherwise, the machine offers visible
+# GPUs x jobs_per_gpu of it, so that many training jobs run at once; `scalelearn with-gpu` in
+# the job picks which GPU. The SLURM profile sets a large `gpu` (SLURM allocates the devices).
+JOBS_PER_GPU = CONFIG["resources"]["train"]["jobs_per_gpu"]
+if "gpu" not in workflow.global_resources:
+    GPU_SLOTS = devices.gpu_slot_count(JOBS_PER_GPU)
+    if GPU_SLOTS:  # no GPU: leave `gpu` unlimited, the jobs train on the CPU
+        workflow.register_resource("gpu", GPU_SLOTS)
 
 
 wildcard_constraints:

@@ -8,19 +8,22 @@ rule evaluate:
         dataset=lambda w: lookup_run(w).dataset.path,
     output:
         "results/runs/{experiment}/{run_id}/per_scale.csv",
-    params:
-        options=per_scale_args,
-        folder=lambda w, input: os.path.dirname(input.summary),
     log:
         "results/logs/evaluate/{experiment}/{run_id}.log",
+    conda:
+        "../../envs/scalelearn.yaml"
     # The run's own thread count, as in training (CPU numbers may depend on it).
     threads: lambda w: lookup_run(w).config["train"]["threads"]
     resources:
         mem_mb=CONFIG["resources"]["train"]["mem_mb"],
         runtime=CONFIG["resources"]["train"]["runtime"],
         gpu=CONFIG["resources"]["train"]["gpu"],
-    conda:
-        "../../envs/scalelearn.yaml"
+        jobs_per_gpu=JOBS_PER_GPU,  # read by `scalelearn with-gpu`, as in training
+    params:
+        options=per_scale_args,
+        folder=lambda w, input: os.path.dirname(input.summary),
     shell:
-        "scalelearn evaluate --run {params.folder} {params.options} --threads {threads}"
+        "scalelearn with-gpu --gpus {resources.gpu} --jobs-per-gpu {resources.jobs_per_gpu}"
+        ' -- "$SCALELEARN_PYTHON" -m scalelearn evaluate'
+        " --run {params.folder} {params.options} --threads {threads}"
         " --out {output} > {log} 2>&1"

@@ -2,7 +2,8 @@
 # the best checkpoint) and metrics.csv (one row per epoch, read by the scale trajectories), so
 # a killed job leaves its last.ckpt in the run folder and resumes from it (the checkpoint holds
 # the epoch rows, so metrics.csv is rewritten whole). The resolved run config travels as a
-# params JSON string: any change to it re-runs the job.
+# params JSON string: any change to it re-runs the job. `scalelearn with-gpu` gives the job a
+# free GPU of its own on a machine with several (scalelearn.devices).
 
 
 rule train:
@@ -11,11 +12,10 @@ rule train:
     output:
         summary="results/runs/{experiment}/{run_id}/summary.json",
         metrics="results/runs/{experiment}/{run_id}/metrics.csv",
-    params:
-        run_config=lambda w: json.dumps(lookup_run(w).config),
-        folder=lambda w, output: os.path.dirname(output.summary),
     log:
         "results/logs/train/{experiment}/{run_id}.log",
+    conda:
+        "../../envs/scalelearn.yaml"
     # The job uses train.threads whatever Snakemake grants (numbers depend on it on a CPU);
     # Snakemake reserves that many cores (capped at --cores).
     threads: lambda w: lookup_run(w).config["train"]["threads"]
@@ -23,8 +23,12 @@ rule train:
         mem_mb=CONFIG["resources"]["train"]["mem_mb"],
         runtime=CONFIG["resources"]["train"]["runtime"],
         gpu=CONFIG["resources"]["train"]["gpu"],
-    conda:
-        "../../envs/scalelearn.yaml"
+        jobs_per_gpu=JOBS_PER_GPU,  # read by `scalelearn with-gpu` (a resource: no rerun trigger)
+    params:
+        run_config=lambda w: json.dumps(lookup_run(w).config),
+        folder=lambda w, output: os.path.dirname(output.summary),
     shell:
-        "scalelearn train --run-config {params.run_config:q} --out {params.folder}"
+        "scalelearn with-gpu --gpus {resources.gpu} --jobs-per-gpu {resources.jobs_per_gpu}"
+        ' -- "$SCALELEARN_PYTHON" -m scalelearn train'
+        " --run-config {params.run_config:q} --out {params.folder}"
         " > {log} 2>&1"
