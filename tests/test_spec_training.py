@@ -30,6 +30,7 @@ from scalelearn.data.rescale import rescale_about_centre
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn.models import MODEL_DEFAULTS, build_model
 from scalelearn.nn.scales import MIN_SCALE, InternalScales
+from scalelearn.train.config import TrainConfig
 from scalelearn.train.module import ScaleLearner, main_lr_factor, scale_lr_factor
 from scalelearn.train.run import train_run
 
@@ -269,13 +270,13 @@ def test_scale_group_holds_theta_and_learnable_sigma_b_only(selection_run):
 
 
 def test_warm_up_is_linear_from_zero_then_steps():
-    train = {
-        "lr_milestones": [2],
-        "lr_gamma": 0.1,
-        "scale_warmup_epochs": 4,
-        "scale_lr_milestones": [6, 9],
-        "scale_lr_gamma": 0.3,
-    }
+    train = TrainConfig(
+        lr_milestones=[2],
+        lr_gamma=0.1,
+        scale_warmup_epochs=4,
+        scale_lr_milestones=[6, 9],
+        scale_lr_gamma=0.3,
+    )
     steps = 7
     ramp = [scale_lr_factor(s, steps, train) for s in range(0, 4 * steps + 1)]
     assert ramp == pytest.approx([s / (4 * steps) for s in range(0, 4 * steps + 1)])
