@@ -192,6 +192,12 @@ def _check_semantics(config: dict) -> None:
                 f"config key experiments.{name}.compare_with: invalid value {other!r}; allowed: "
                 f"one of {', '.join(repr(e) for e in experiments)}"
             )
+    section = config["datasets"]["scale_distribution"]
+    if section["canvas"] < section["digit_size"]:
+        raise ScalelearnError(
+            f"config key datasets.scale_distribution.canvas: invalid value {section['canvas']}; "
+            f"allowed: at least digit_size ({section['digit_size']})"
+        )
     names = [
         scale_distribution_name(2.0**o)
         for o in config["datasets"]["scale_distribution"]["widths_octaves"]
@@ -306,6 +312,7 @@ def _dataset(config: dict, protocol: str, seed: int, width_octaves: float | None
             "width": width,
             "width_octaves": width_octaves,
             "canvas": section["canvas"],
+            "digit_size": section["digit_size"],
             "splits": dict(section["splits"]),
             "antialias": section["antialias"],
         }
