@@ -67,6 +67,33 @@ CONFIGS: dict[str, dict] = {
         "eval_batch": 64,
         "slow_dense": True,
     },
+    "e2_toy_84": {
+        "about": "E2 at reduced resolution: 84 canvas (digit_size 14), σ_b 1, ISR 3 (K 25)",
+        "model": {
+            "name": "toy",
+            "scale_mode": "single_ratio_squared",
+            "learn_sigma_basis": True,
+            "sigma_basis": 1.0,
+            "isr": 3.0,
+        },
+        "input": (1, 84, 84),
+        "batch": 8,
+        "eval_batch": 64,
+    },
+    "e3_toy_worst_84": {
+        "about": "E3 worst case at reduced resolution: 84 canvas, σ_b 2, ISR 6 (K 97)",
+        "model": {
+            "name": "toy",
+            "scale_mode": "single_ratio_squared",
+            "learn_sigma_basis": True,
+            "sigma_basis": 2.0,
+            "isr": 6.0,
+        },
+        "input": (1, 84, 84),
+        "batch": 8,
+        "eval_batch": 64,
+        "slow_dense": True,
+    },
     "e5_sesn": {
         "about": "E5 SESN network, learn ISR, σ_b 1.5, ISR 2 (K 25)",
         "model": {"name": "sesn", "scale_mode": "single_ratio_squared"},
