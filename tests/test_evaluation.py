@@ -121,3 +121,29 @@ def test_evaluation_returns_its_memory():
         del block
     assert allocator.release_freed_memory()
     assert allocator.resident_bytes() > 0
+
+
+def test_checkpointed_lifting_gives_the_same_step(monkeypatch):
+    """A training batch larger than the lifting's memory budget goes through in checkpointed
+    chunks: same logits and same gradients (float64) as the whole batch at once."""
+    from scalelearn.nn import models
+
+    cfg, size = MODELS["toy_learned"]
+    results = []
+    for budget in (2**40, 1):  # no chunks; one image per chunk
+        monkeypatch.setattr(models, "TRAIN_LIFT_BUDGET", budget)
+        model = trained_looking(cfg, torch.float64).train()
+        x = torch.randn(
+            5, 1, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+        )
+        basis = model.current_basis()
+        assert model.lift_chunk(x, basis) == (5 if budget > 1 else 1)
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits, torch.arange(5)).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), grads))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-12)
+    assert whole_grads.keys() == chunked_grads.keys() and "internal_scales.theta" in whole_grads
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-9, atol=1e-12)
