@@ -120,7 +120,8 @@ class ToyModel(ScaleEquivariantNet):
         """Images per checkpointed chunk of the lifting in a training step (len(x): no chunks)."""
         if not torch.is_grad_enabled() or self.conv.implementation != "fast":
             return len(x)
-        per_image = _BACKWARD_FACTOR * fast_conv.working_bytes(x[:1], self.conv.weight, basis)
+        working = fast_conv.working_bytes(x, self.conv.weight, basis)  # the whole batch
+        per_image = _BACKWARD_FACTOR * working // len(x)
         return max(1, min(len(x), TRAIN_LIFT_BUDGET // per_image))
 
     def forward(self, x: Tensor) -> Tensor:
