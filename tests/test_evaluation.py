@@ -147,3 +147,16 @@ def test_checkpointed_lifting_gives_the_same_step(monkeypatch):
     assert whole_grads.keys() == chunked_grads.keys() and "internal_scales.theta" in whole_grads
     for name, grad in whole_grads.items():
         torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-9, atol=1e-12)
+
+
+def test_scale_max_without_autograd_equals_the_training_max():
+    from scalelearn.nn.conv import scale_max_projection
+
+    x = torch.randn(2, 3, 4, 5, 6)
+    x[0, 0, 1] = x[0, 0, 2]  # ties
+    x[1, 2, 3, 0, 0] = float("nan")
+    with torch.no_grad():
+        fast = scale_max_projection(x)
+    expected = x.max(dim=2).values
+    torch.testing.assert_close(fast, expected, equal_nan=True, rtol=0, atol=0)
+    assert torch.isnan(fast[1, 2, 0, 0])
