@@ -140,3 +140,7 @@ def test_command_line_digit_size(tmp_path, capsys):
     assert loaded["train_images"].shape == (30, 42, 42)
     assert loaded["test_digits"].shape == (10, 14, 14)
     assert torch.from_numpy(loaded["train_images"]).float().mean() > 0
+    # A run that expects the paper's digits refuses this file before training.
+    datasets.verify_dataset(out, {"digit_size": 14, "canvas": 42})
+    with pytest.raises(ScalelearnError, match="digit_size = 14, but the run expects 28"):
+        datasets.verify_dataset(out, {"digit_size": 28})

@@ -333,6 +333,8 @@ def _manifest_parameters(manifest: dict) -> dict:
     if manifest.get("protocol") == "scale_distribution":
         found["width"] = parameters.get("width_b")
         found["canvas"] = parameters.get("canvas")
+        # Manifests written before digit_size existed are the paper's 28 px frames.
+        found["digit_size"] = parameters.get("digit_size", MNIST_FRAME)
     else:
         found["scale_min"], found["scale_max"] = parameters.get("scale_range", [None, None])
     return found
@@ -347,9 +349,9 @@ def _same(expected, found) -> bool:
 def verify_dataset(path: str | os.PathLike, expected: dict | None = None) -> dict:
     """Check a dataset file against its manifest before anyone trains on it: the file's sha256
     must be the manifest's, and the manifest's parameters must be `expected` (a run config's
-    `dataset_params`: protocol, seed, splits, antialias, and width + canvas or scale_min +
-    scale_max; keys not listed are not compared). Returns the manifest; raises ScalelearnError
-    saying how to regenerate the file."""
+    `dataset_params`: protocol, seed, splits, antialias, and width + canvas + digit_size or
+    scale_min + scale_max; keys not listed are not compared). Returns the manifest; raises
+    ScalelearnError saying how to regenerate the file."""
     from scalelearn.data.store import manifest_path, read_manifest, sha256_file
 
     path = str(path)
