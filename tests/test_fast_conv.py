@@ -4,6 +4,7 @@ scalelearn.nn.fast_conv, both bases, supports that differ per scale and kernels 
 image; whole models; the choice of method; and the `scalelearn bench` command."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -144,12 +145,22 @@ def test_bench_json_smoke(capsys):
     for row in rows:
         assert row["config"] == "tiny" and row["steps"] == 1 and row["images_per_s"] > 0
         assert row["speedup"] > 0
+        # Evaluation throughput and peak memory, training and evaluation (issue #9).
+        assert row["eval_steps"] == 2 and row["eval_batch"] == 5 and row["eval_images_per_s"] > 0
+        assert row["eval_chunk"] >= 1
+        assert row["eval_over_train"] == pytest.approx(
+            row["eval_images_per_s"] / row["images_per_s"]
+        )
+        for key in ("peak_mib", "eval_peak_mib", "peak_rss_mib", "eval_peak_rss_mib"):
+            assert key in row
+        if sys.platform.startswith("linux"):
+            assert row["peak_rss_mib"] > 10 and row["eval_peak_rss_mib"] > 10
 
 
 def test_bench_table_and_errors(capsys):
     main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0"])
     out = capsys.readouterr().out
-    assert "tiny" in out and "img/s" in out and "peak MiB" in out
+    assert "tiny" in out and "img/s" in out and "eval/s" in out and "RSS tr" in out
     with pytest.raises(ScalelearnError, match="unknown --config"):
         _run_bench(["--config", "nope"])
     with pytest.raises(ScalelearnError, match="CUDA"):

@@ -1,9 +1,14 @@
-"""`scalelearn bench`: training throughput of the fast and the dense scale-equivariant layers.
+"""`scalelearn bench`: training and evaluation throughput and peak memory of the fast and the
+dense scale-equivariant layers.
 
 For every named configuration, two copies of the same model (same initial weights) are trained on
 the same seeded random batch, one with `implementation: fast` and one with `dense`, alternating
 step by step in one process so that both see the same machine load. A step is forward, cross
-entropy, backward, Adam step and the scale projection, as in training.
+entropy, backward, Adam step and the scale projection, as in training. Then each copy evaluates a
+batch of `eval_batch` images as validation and test do (eval mode, inference_mode, chunks bounded
+by scalelearn.nn.evaluation), again alternating. Peak memory: malloc's allocated bytes above the
+level before the step, and the process's resident set (RSS) during it, after freed memory was
+handed back to the OS.
 """
 
 from __future__ import annotations
@@ -14,11 +19,17 @@ import statistics
 import threading
 import time
 
-from scalelearn.allocator import allocated_bytes, reuse_freed_memory
+from scalelearn.allocator import (
+    allocated_bytes,
+    release_freed_memory,
+    resident_bytes,
+    reuse_freed_memory,
+)
 from scalelearn.cli import non_negative_int, positive_int
 from scalelearn.errors import ScalelearnError
 
-# model: overrides of MODEL_DEFAULTS; input: [C, H, W]; slow_dense: the dense reference takes
+# model: overrides of MODEL_DEFAULTS; input: [C, H, W]; batch: training batch; eval_batch: images
+# per evaluation call (split into memory-bounded chunks); slow_dense: the dense reference takes
 # minutes per step on CPU (oneDNN's conv2d is pathological for 123×123 and larger kernels), so it
 # runs there only with --all-dense.
 CONFIGS: dict[str, dict] = {
@@ -33,12 +44,14 @@ CONFIGS: dict[str, dict] = {
         },
         "input": (1, 168, 168),
         "batch": 8,
+        "eval_batch": 64,
     },
     "e1_toy_isr7.56": {
         "about": "E1 toy, fixed scales, σ_b 2, ISR 7.56 (K 123)",
         "model": {"name": "toy", "scale_mode": "fixed", "sigma_basis": 2.0, "isr": 7.56},
         "input": (1, 168, 168),
         "batch": 8,
+        "eval_batch": 64,
         "slow_dense": True,
     },
     "e3_toy_worst": {
@@ -52,6 +65,34 @@ CONFIGS: dict[str, dict] = {
         },
         "input": (1, 168, 168),
         "batch": 8,
+        "eval_batch": 64,
+        "slow_dense": True,
+    },
+    "e2_toy_84": {
+        "about": "E2 at reduced resolution: 84 canvas (digit_size 14), σ_b 1, ISR 3 (K 25)",
+        "model": {
+            "name": "toy",
+            "scale_mode": "single_ratio_squared",
+            "learn_sigma_basis": True,
+            "sigma_basis": 1.0,
+            "isr": 3.0,
+        },
+        "input": (1, 84, 84),
+        "batch": 8,
+        "eval_batch": 64,
+    },
+    "e3_toy_worst_84": {
+        "about": "E3 worst case at reduced resolution: 84 canvas, σ_b 2, ISR 6 (K 97)",
+        "model": {
+            "name": "toy",
+            "scale_mode": "single_ratio_squared",
+            "learn_sigma_basis": True,
+            "sigma_basis": 2.0,
+            "isr": 6.0,
+        },
+        "input": (1, 84, 84),
+        "batch": 8,
+        "eval_batch": 64,
         "slow_dense": True,
     },
     "e5_sesn": {
@@ -59,12 +100,14 @@ CONFIGS: dict[str, dict] = {
         "model": {"name": "sesn", "scale_mode": "single_ratio_squared"},
         "input": (1, 28, 28),
         "batch": 32,
+        "eval_batch": 256,
     },
     "tiny": {
         "about": "smoke test: toy model on a 24×24 canvas",
         "model": {"name": "toy", "scale_mode": "single_ratio_squared", "sigma_basis": 1.0},
         "input": (1, 24, 24),
         "batch": 2,
+        "eval_batch": 5,
     },
 }
 DEFAULT_CONFIGS = ("e2_toy", "e1_toy_isr7.56", "e5_sesn")
@@ -72,16 +115,18 @@ IMPLEMENTATIONS = ("fast", "dense")
 
 
 class _PeakMemory:
-    """Peak memory of the code run inside `with`, in MiB above the level at entry.
+    """Peak memory of the code run inside `with`: `peak_mib` in MiB above the level at entry,
+    `peak_rss_mib` the process's resident set (CPU only), after freed memory went back to the OS.
 
     CUDA: torch.cuda.max_memory_allocated. CPU: the bytes malloc has handed out
-    (scalelearn.allocator.allocated_bytes), sampled every 2 ms by a thread, so a peak shorter
-    than that can be missed: a lower bound of the step's working memory.
+    (scalelearn.allocator.allocated_bytes) and the resident set (/proc/self/statm), sampled every
+    2 ms by a thread, so a peak shorter than that can be missed: lower bounds.
     """
 
     def __init__(self, device):
         self.device = device
         self.peak_mib: float | None = None
+        self.peak_rss_mib: float | None = None
 
     def __enter__(self):
         import torch
@@ -91,8 +136,10 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
+        release_freed_memory()
         self._start = allocated_bytes()
         self._peak = self._start
+        self._rss = resident_bytes() or 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         if self._start is not None:
@@ -102,6 +149,7 @@ class _PeakMemory:
     def _sample(self) -> None:
         while not self._stop.wait(0.002):
             self._peak = max(self._peak, allocated_bytes())
+            self._rss = max(self._rss, resident_bytes() or 0)
 
     def __exit__(self, *exc) -> None:
         import torch
@@ -116,6 +164,7 @@ class _PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak_mib = (self._peak - self._start) / 2**20
+        self.peak_rss_mib = self._rss / 2**20 if self._rss else None
 
 
 def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, bf16: bool):
@@ -142,6 +191,25 @@ def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, b
     return model, step
 
 
+def _alternate(plans: dict[str, int], timed, device) -> tuple[dict, dict]:
+    """Run `timed(implementation)` for the planned counts, alternating the implementations step
+    by step. The first measured call of each also records its peak memory; the median time keeps
+    that call's sampling thread out of the result. -> (times {impl: [s]}, peaks {impl: memory})."""
+    times: dict[str, list[float]] = {impl: [] for impl in plans}
+    peaks: dict[str, _PeakMemory | None] = {impl: None for impl in plans}
+    for i in range(max(plans.values())):
+        for implementation, count in plans.items():
+            if i >= count:
+                continue
+            if i == 0:
+                with _PeakMemory(device) as memory:
+                    times[implementation].append(timed(implementation))
+                peaks[implementation] = memory
+            else:
+                times[implementation].append(timed(implementation))
+    return times, peaks
+
+
 def bench_config(
     name: str,
     steps: int,
@@ -151,57 +219,71 @@ def bench_config(
     bf16: bool = False,
     all_dense: bool = False,
     seed: int = 0,
+    eval_steps: int = 2,
 ) -> list[dict]:
     """Measure one configuration -> one row per implementation measured."""
     import torch
+
+    from scalelearn.nn.evaluation import ChunkedEvaluator
 
     spec = CONFIGS[name]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
     labels = torch.randint(0, 10, (spec["batch"],), generator=generator).to(device)
+    eval_images = torch.randn(spec["eval_batch"], *spec["input"], generator=generator).to(device)
 
     skip_dense = spec.get("slow_dense", False) and device.type == "cpu" and not all_dense
     plans = {"fast": steps, "dense": 0 if skip_dense else min(steps, dense_steps)}
     skip_reason = "dense takes minutes per step on CPU" if skip_dense else "--dense-steps 0"
-    steppers, state = {}, None
+    models, steppers, state = {}, {}, None
     for implementation in IMPLEMENTATIONS:
         model, stepper = _trainer(spec["model"], implementation, state, device, bf16)
         state = model.state_dict() if state is None else state
-        steppers[implementation] = stepper
+        models[implementation], steppers[implementation] = model, stepper
+    active = {impl: count for impl, count in plans.items() if count > 0}
 
-    def timed(implementation: str) -> float:
+    def synchronized(work) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        steppers[implementation](images, labels)
+        work()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
-    peaks: dict[str, float | None] = {impl: None for impl in IMPLEMENTATIONS}
-    active = [impl for impl in IMPLEMENTATIONS if plans[impl] > 0]
+    def train_step(implementation: str) -> float:
+        return synchronized(lambda: steppers[implementation](images, labels))
+
     for _ in range(warmup):
         for implementation in active:
-            timed(implementation)
-    # Alternate the implementations step by step. The first measured step of each also records its
-    # peak memory; the median step time keeps that step's sampling thread out of the result.
-    for i in range(max(plans.values())):
-        for implementation in active:
-            if i >= plans[implementation]:
-                continue
-            if i == 0:
-                with _PeakMemory(device) as memory:
-                    times[implementation].append(timed(implementation))
-                peaks[implementation] = memory.peak_mib
-            else:
-                times[implementation].append(timed(implementation))
+            train_step(implementation)
+    times, peaks = _alternate(active, train_step, device)
+
+    # Evaluation as validation and test run it: eval mode, memory-bounded chunks.
+    evaluators = {impl: ChunkedEvaluator(models[impl]) for impl in active}
+    for implementation in active:
+        models[implementation].eval()
+        evaluators[implementation](eval_images[:1])  # warm-up; sizes the chunks
+
+    def evaluate(implementation: str) -> float:
+        return synchronized(lambda: evaluators[implementation](eval_images))
+
+    eval_plans = {impl: eval_steps if eval_steps > 0 else 0 for impl in active}
+    eval_times, eval_peaks = _alternate(eval_plans, evaluate, device) if eval_steps else ({}, {})
 
     rows = []
     for implementation in IMPLEMENTATIONS:
-        measured = times[implementation]
+        measured = times.get(implementation, [])
         median = statistics.median(measured) if measured else None
+        train_rate = spec["batch"] / median if median else None
+        eval_measured = eval_times.get(implementation, [])
+        eval_median = statistics.median(eval_measured) if eval_measured else None
+        eval_rate = spec["eval_batch"] / eval_median if eval_median else None
+        peak, eval_peak = peaks.get(implementation), eval_peaks.get(implementation)
+        chunk = None
+        if implementation in evaluators:
+            chunk = evaluators[implementation].chunk(tuple(spec["input"]))
         rows.append(
             {
                 "config": name,
@@ -212,8 +294,17 @@ def bench_config(
                 "steps": len(measured),
                 "step_s_median": median,
                 "step_s_min": min(measured) if measured else None,
-                "images_per_s": spec["batch"] / median if median else None,
-                "peak_mib": peaks[implementation],
+                "images_per_s": train_rate,
+                "peak_mib": peak.peak_mib if peak else None,
+                "peak_rss_mib": peak.peak_rss_mib if peak else None,
+                "eval_batch": spec["eval_batch"],
+                "eval_chunk": chunk,
+                "eval_steps": len(eval_measured),
+                "eval_s_median": eval_median,
+                "eval_images_per_s": eval_rate,
+                "eval_over_train": eval_rate / train_rate if eval_rate and train_rate else None,
+                "eval_peak_mib": eval_peak.peak_mib if eval_peak else None,
+                "eval_peak_rss_mib": eval_peak.peak_rss_mib if eval_peak else None,
                 "skipped": None if measured else skip_reason,
             }
         )
@@ -226,10 +317,15 @@ def bench_config(
     return rows
 
 
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def _format_table(rows: list[dict], memory_kind: str) -> str:
     header = (
-        f"{'config':<16} {'impl':<6} {'steps':>5} {'s/step':>8} {'img/s':>8} "
-        f"{'speedup':>8} {'peak MiB':>9}"
+        f"{'config':<16} {'impl':<6} {'steps':>5} {'s/step':>7} {'img/s':>7} {'speedup':>7} "
+        f"{'eval/s':>7} {'eval/tr':>7} {'chunk':>5} {'MiB tr':>6} {'eval':>6} "
+        f"{'RSS tr':>6} {'eval':>6}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -239,16 +335,26 @@ def _format_table(rows: list[dict], memory_kind: str) -> str:
             continue
         fast = row["implementation"] == "fast"
         speedup = f"{row['speedup']:.1f}x" if row["speedup"] and fast else ""
-        peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "n/a"
+        ratio = _number(row["eval_over_train"], ".1f") + ("x" if row["eval_over_train"] else "")
         lines.append(
-            f"{name} {row['steps']:>5} "
-            f"{row['step_s_median']:>8.3f} {row['images_per_s']:>8.1f} {speedup:>8} {peak:>9}"
+            f"{name} {row['steps']:>5} {row['step_s_median']:>7.3f} "
+            f"{row['images_per_s']:>7.1f} {speedup:>7} "
+            f"{_number(row['eval_images_per_s'], '.1f'):>7} {ratio:>7} "
+            f"{_number(row['eval_chunk'], 'd'):>5} "
+            f"{_number(row['peak_mib'], '.0f'):>6} {_number(row['eval_peak_mib'], '.0f'):>6} "
+            f"{_number(row['peak_rss_mib'], '.0f'):>6} "
+            f"{_number(row['eval_peak_rss_mib'], '.0f'):>6}"
         )
     lines.append(
-        "s/step: median over the measured steps (forward, loss, backward, Adam step); "
-        "speedup: dense s/step / fast s/step"
+        "s/step: median over the measured training steps (forward, loss, backward, Adam step); "
+        "speedup: dense s/step / fast s/step; eval/s: images per second evaluated (eval mode, "
+        "inference_mode, chunks of `chunk` images); eval/tr: eval/s over training img/s"
     )
-    lines.append(f"peak MiB: {memory_kind}")
+    lines.append(f"MiB tr / eval: {memory_kind}")
+    lines.append(
+        "RSS tr / eval: peak resident set of the whole process (MiB) during a training step / "
+        "an evaluation call, after freed memory was handed back"
+    )
     return "\n".join(lines)
 
 
@@ -273,8 +379,10 @@ def run(args: argparse.Namespace) -> None:
         raise ScalelearnError(
             f"unknown --config {', '.join(unknown)}; choose from {', '.join(CONFIGS)}"
         )
-    if args.steps < 1 or args.dense_steps < 0 or args.warmup < 0:
-        raise ScalelearnError("need --steps >= 1, --dense-steps >= 0 and --warmup >= 0")
+    if args.steps < 1 or args.dense_steps < 0 or args.warmup < 0 or args.eval_steps < 0:
+        raise ScalelearnError(
+            "need --steps >= 1, --dense-steps >= 0, --eval-steps >= 0 and --warmup >= 0"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
@@ -283,15 +391,22 @@ def run(args: argparse.Namespace) -> None:
     rows = []
     for name in names:
         rows += bench_config(
-            name, args.steps, args.dense_steps, args.warmup, device, args.bf16, args.all_dense
+            name,
+            args.steps,
+            args.dense_steps,
+            args.warmup,
+            device,
+            args.bf16,
+            args.all_dense,
+            eval_steps=args.eval_steps,
         )
     if args.json:
         print(json.dumps(rows, indent=1))
         return
     memory_kind = (
-        "torch.cuda.max_memory_allocated above the level before the first measured step"
+        "torch.cuda.max_memory_allocated above the level before the first measured call"
         if device.type == "cuda"
-        else "malloc's allocated bytes above the level before the first measured step "
+        else "malloc's allocated bytes above the level before the first measured call "
         "(sampled every 2 ms)"
     )
     print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
@@ -301,10 +416,11 @@ def run(args: argparse.Namespace) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="training throughput of the fast vs the dense scale-equivariant layers",
+        help="training and evaluation throughput and peak memory, fast vs dense layers",
         description=(
             "Train the fast and the dense implementation of the same model side by side on a "
-            "seeded random batch and print images/s, their ratio and peak memory. Configs: "
+            "seeded random batch, then evaluate a larger batch as validation does, and print "
+            "images/s for both, their ratios and peak memory (allocated and resident). Configs: "
             + "; ".join(f"{name}: {spec['about']}" for name, spec in CONFIGS.items())
             + "."
         ),
@@ -329,6 +445,12 @@ def register(subparsers) -> None:
         type=non_negative_int,
         default=1,
         help="unmeasured steps of each first (default 1)",
+    )
+    parser.add_argument(
+        "--eval-steps",
+        type=non_negative_int,
+        default=2,
+        help="measured evaluation calls of each implementation (default 2; 0: none)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")

@@ -258,15 +258,22 @@ def _check_semantics(config: dict) -> None:
 def _check_datasets(config: dict) -> None:
     section = config["datasets"]["scale_distribution"]
     canvas = section["canvas"]
+    if canvas < section["digit_size"]:
+        raise ScalelearnError(
+            f"config key datasets.scale_distribution.canvas: invalid value {canvas}; "
+            f"allowed: at least digit_size ({section['digit_size']})"
+        )
+    # digit_size shrinks the 28 px frame, and the digit inside it, before it is placed.
+    extent = DIGIT_EXTENT * section["digit_size"] / MNIST_FRAME
     for index, octaves in enumerate(section["widths_octaves"]):
         width = 2.0**octaves
-        if DIGIT_EXTENT * width > canvas:
+        if extent * width > canvas:
             raise ScalelearnError(
                 f"config key datasets.scale_distribution.widths_octaves[{index}]: invalid value "
-                f"{octaves} (b = {width:.3g}): a digit of {DIGIT_EXTENT} px at scale b spans "
-                f"{DIGIT_EXTENT * width:.0f} px and leaves the {canvas} px canvas; allowed: "
-                f"{DIGIT_EXTENT} * 2^octaves <= canvas, i.e. octaves <= "
-                f"{math.log2(canvas / DIGIT_EXTENT):.3f} (or a larger canvas)"
+                f"{octaves} (b = {width:.3g}): a digit of {extent:.3g} px at scale b spans "
+                f"{extent * width:.0f} px and leaves the {canvas} px canvas; allowed: "
+                f"{extent:.3g} * 2^octaves <= canvas, i.e. octaves <= "
+                f"{math.log2(canvas / extent):.3f} (or a larger canvas)"
             )
     scale = config["datasets"]["mnist_scale"]
     if scale["scale_min"] > scale["scale_max"]:
@@ -472,6 +479,7 @@ def _dataset(config: dict, protocol: str, seed: int, width_octaves: float | None
             "width": width,
             "width_octaves": width_octaves,
             "canvas": section["canvas"],
+            "digit_size": section["digit_size"],
             "splits": dict(section["splits"]),
             "antialias": section["antialias"],
         }

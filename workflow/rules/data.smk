@@ -41,13 +41,15 @@ rule dataset_scale_distribution:
     params:
         width=lambda w: repr(lookup_dataset("scale_distribution", w).params["width"]),
         canvas=lambda w: lookup_dataset("scale_distribution", w).params["canvas"],
+        digit_size=lambda w: lookup_dataset("scale_distribution", w).params["digit_size"],
         split=lambda w: split_args(lookup_dataset("scale_distribution", w)),
         antialias=lambda w: (
             "--antialias" if lookup_dataset("scale_distribution", w).params["antialias"] else ""
         ),
     shell:
         "scalelearn data scale-distribution --pool {input.pool}"
-        " --width {params.width} --canvas {params.canvas} --seed {wildcards.seed}"
+        " --width {params.width} --canvas {params.canvas} --digit-size {params.digit_size}"
+        " --seed {wildcards.seed}"
         " --split {params.split} {params.antialias} --out {output.npz} > {log} 2>&1"
 
 

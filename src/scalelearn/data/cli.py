@@ -67,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=168,
         help="canvas size in pixels (default: %(default)s)",
     )
+    scale.add_argument(
+        "--digit-size",
+        type=int,
+        default=28,
+        help="side (pixels) the 28x28 digit frames are shrunk to before they are placed; 28 (the "
+        "default) is the paper, 14 on an 84 canvas halves every length (default: %(default)s)",
+    )
     _dataset_arguments(scale, [10_000, 5_000, 50_000], "scale_distribution/b8/seed0.npz")
     scale.set_defaults(func=run_scale_distribution)
 
@@ -148,6 +155,7 @@ def run_scale_distribution(args: argparse.Namespace) -> None:
         labels,
         width_b=args.width,
         canvas=args.canvas,
+        digit_size=args.digit_size,
         seed=args.seed,
         split=tuple(args.split),
         antialias=args.antialias,

@@ -2,6 +2,10 @@
 
 - ``scale_distribution`` (E1-E4): stratified split 10,000 / 5,000 / 50,000; each 28x28 frame at
   the centre of a 168x168 zero canvas, rescaled by s ~ LogUniform[1, b], one draw per image.
+  A reduced-resolution variant for laptops (``digit_size`` < 28, e.g. 14 on an 84 canvas with
+  σ_b 1: every length halved, the unitless ISRs and widths unchanged) first shrinks every frame to
+  digit_size x digit_size (antialiased cubic, rounded to grey levels), then places and rescales
+  it the same way; the default 28 is the paper's protocol, byte for byte.
 - ``mnist_scale`` (E5, SESN's MNIST-Scale): stratified split 10,000 / 2,000 / 50,000; each image
   rescaled by s ~ Uniform[0.3, 1.0] on its own 28x28 canvas.
 
@@ -32,6 +36,7 @@ logger = logging.getLogger(__name__)
 SCALE_DISTRIBUTION_SPLIT = (10_000, 5_000, 50_000)
 MNIST_SCALE_SPLIT = (10_000, 2_000, 50_000)
 MNIST_SCALE_RANGE = (0.3, 1.0)
+MNIST_FRAME = 28  # side of an MNIST frame: the paper's digit size
 RENDER_BATCH = 512  # images rendered at once: bounds the float64 working memory (~115 MB at 168)
 _SPLIT_STREAM, _SCALE_STREAM = 0, 1
 
@@ -183,6 +188,18 @@ def interpolation_record(antialias: bool) -> dict:
     return {"kernel": "cubic convolution", "a": CUBIC_A, "antialias": bool(antialias)}
 
 
+def shrink_frames(frames: np.ndarray, digit_size: int) -> np.ndarray:
+    """Digit frames uint8 [n, h, h] resized to [n, digit_size, digit_size] about the centre
+    (cubic, antialiased: a low-pass filter before the decimation), rounded to grey levels."""
+    import torch
+
+    from scalelearn.data.rescale import rescale_uint8
+
+    factors = torch.full((len(frames),), digit_size / frames.shape[-1], dtype=torch.float64)
+    images = torch.from_numpy(np.ascontiguousarray(frames))
+    return rescale_uint8(images, factors, digit_size, antialias=True).numpy()
+
+
 def make_scale_distribution(
     pool_images: np.ndarray,
     pool_labels: np.ndarray,
@@ -192,19 +209,30 @@ def make_scale_distribution(
     canvas: int = 168,
     split: tuple[int, int, int] = SCALE_DISTRIBUTION_SPLIT,
     antialias: bool = False,
+    digit_size: int = MNIST_FRAME,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """The scale-distribution dataset of width ``b`` (E1-E4).
 
-    pool_images: uint8 [N, 28, 28]; pool_labels: int [N]. Returns (arrays, manifest): arrays
-    ``{split}_images`` uint8 [n, canvas, canvas], ``{split}_labels`` int64 [n], ``{split}_scales``
-    float32 [n] in [1, b], ``{split}_index`` int64 [n] (into the pool), ``test_digits`` uint8
-    [n_test, 28, 28]; manifest: the parameters, for ``save_dataset``.
+    pool_images: uint8 [N, 28, 28]; pool_labels: int [N]. digit_size: side the 28x28 frames are
+    shrunk to before they are placed (28: unchanged, the paper). Returns (arrays, manifest):
+    arrays ``{split}_images`` uint8 [n, canvas, canvas], ``{split}_labels`` int64 [n],
+    ``{split}_scales`` float32 [n] in [1, b], ``{split}_index`` int64 [n] (into the pool),
+    ``test_digits`` uint8 [n_test, digit_size, digit_size] (the frames as placed, which the
+    in-depth test renders); manifest: the parameters, for ``save_dataset``.
     """
     width_b = float(width_b)
     if not math.isfinite(width_b) or width_b < 1:
         raise ScalelearnError(f"the distribution width b must be >= 1, got {width_b}")
-    if canvas < pool_images.shape[-1]:
-        raise ScalelearnError(f"canvas {canvas} is smaller than the {pool_images.shape[-1]} frame")
+    frame = pool_images.shape[-1]
+    if not 4 <= int(digit_size) <= frame:
+        raise ScalelearnError(
+            f"digit_size must be between 4 and the {frame}-pixel frame, got {digit_size}"
+        )
+    digit_size = int(digit_size)
+    if canvas < digit_size:
+        raise ScalelearnError(f"canvas {canvas} is smaller than the {digit_size}-pixel digit")
+    if digit_size != frame:
+        pool_images = shrink_frames(pool_images, digit_size)
     log_b = math.log(width_b)
 
     def draw_scales(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -214,6 +242,7 @@ def make_scale_distribution(
         "width_b": width_b,
         "scale_distribution": "log_uniform",
         "scale_range": [1.0, width_b],
+        "digit_size": digit_size,
     }
     return _build(
         "scale_distribution",
@@ -304,6 +333,8 @@ def _manifest_parameters(manifest: dict) -> dict:
     if manifest.get("protocol") == "scale_distribution":
         found["width"] = parameters.get("width_b")
         found["canvas"] = parameters.get("canvas")
+        # Manifests written before digit_size existed are the paper's 28 px frames.
+        found["digit_size"] = parameters.get("digit_size", MNIST_FRAME)
     else:
         found["scale_min"], found["scale_max"] = parameters.get("scale_range", [None, None])
     return found
@@ -318,9 +349,9 @@ def _same(expected, found) -> bool:
 def verify_dataset(path: str | os.PathLike, expected: dict | None = None) -> dict:
     """Check a dataset file against its manifest before anyone trains on it: the file's sha256
     must be the manifest's, and the manifest's parameters must be `expected` (a run config's
-    `dataset_params`: protocol, seed, splits, antialias, and width + canvas or scale_min +
-    scale_max; keys not listed are not compared). Returns the manifest; raises ScalelearnError
-    saying how to regenerate the file."""
+    `dataset_params`: protocol, seed, splits, antialias, and width + canvas + digit_size or
+    scale_min + scale_max; keys not listed are not compared). Returns the manifest; raises
+    ScalelearnError saying how to regenerate the file."""
     from scalelearn.data.store import manifest_path, read_manifest, sha256_file
 
     path = str(path)

@@ -92,7 +92,12 @@ class _ScaleConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        y = IMPLEMENTATIONS[self.implementation][self._which](x, self.weight, self.basis())
+        return self.convolve(x, self.basis())
+
+    def convolve(self, x: Tensor, basis: ScaleBasis) -> Tensor:
+        """The layer with an explicit basis of the shared scales (for callers that hold one
+        across several calls, e.g. the toy model's checkpointed chunks)."""
+        y = IMPLEMENTATIONS[self.implementation][self._which](x, self.weight, basis)
         if self.bias is not None:
             y = y + self.bias[:, None, None, None]
         return y
@@ -145,9 +150,17 @@ def scale_max_projection(x: Tensor) -> Tensor:
 
     max(dim) rather than amax: its backward scatters the gradient to the arg-max scale through
     the saved indices, where amax's compares the whole input with the result again and splits
-    ties (measured: about a third less time in the toy model's backward).
+    ties (measured: about a third less time in the toy model's backward). Without autograd
+    (evaluation) the same values come from an elementwise maximum over the S slices, which reads
+    whole H×W planes instead of reducing across a strided axis (4× faster, measured on the toy
+    model's [32, 16, 3, 168, 168] output).
     """
-    return x.max(dim=2).values
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x.max(dim=2).values
+    out = x[:, :, 0]
+    for scale in range(1, x.shape[2]):
+        out = torch.maximum(out, x[:, :, scale])
+    return out
 
 
 class ScaleMaxProjection(nn.Module):

@@ -11,6 +11,9 @@ picks one per call from a cost estimate:
   whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
   (the toy model's lifting layer): the 2-D inverse FFT of every output map is the costly step of
   `fft`, and here only a 1-D one is left.
+In evaluation, `reuse_kernels()` keeps every layer's weight-dependent kernel (cropped kernels,
+spectra) across calls while the weights and scales stay the same, and `working_bytes` estimates
+the memory of one call, from which evaluation chooses how many images go through at once.
 All keep the dense path's convention: cross-correlation as F.conv2d, basis[f, s, u, v] with u along
 H and v along W, zero padding, stride 1. Gradients reach x, the weights and the profiles (hence the
 scales) through autograd.
@@ -18,11 +21,12 @@ scales) through autograd.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from scalelearn.nn.hermite import ScaleBasis
 
@@ -98,6 +102,47 @@ def _bmm(a: Tensor, b: Tensor) -> Tensor:
     return _BatchedMatmul.apply(a.contiguous(), b.contiguous())
 
 
+# ------------------------------------------------------------------------------- kernel reuse
+
+# {(kind, id(weight), shapes): (weight, weight version, profiles, kernel)} inside reuse_kernels().
+_kernel_cache: dict | None = None
+
+
+@contextlib.contextmanager
+def reuse_kernels():
+    """Within the block, each layer's kernel (the weight-dependent part of every method) is
+    computed once and reused while its weight (same tensor, same version), its basis profiles
+    and its shapes stay the same. For evaluation only: nothing is cached while autograd records,
+    so the cached tensors never carry a graph."""
+    global _kernel_cache
+    previous, _kernel_cache = _kernel_cache, {}
+    try:
+        yield
+    finally:
+        _kernel_cache = previous
+
+
+def _reused(compute, weight: Tensor, basis: ScaleBasis, *shapes) -> Tensor:
+    """compute(weight, basis, *shapes), or the kernel kept for the same (compute, weight,
+    profiles, shapes)."""
+    # Only parameters are kept: a converted copy (float64 tests) is a new tensor on every call.
+    if _kernel_cache is None or torch.is_grad_enabled() or not isinstance(weight, nn.Parameter):
+        return compute(weight, basis, *shapes)
+    key = (compute.__name__, id(weight), shapes)
+    kept = _kernel_cache.get(key)
+    if (
+        kept is not None
+        and kept[0] is weight
+        and kept[1] == weight._version
+        and kept[2].shape == basis.profiles.shape
+        and torch.equal(kept[2], basis.profiles)
+    ):
+        return kept[3]
+    kernel = compute(weight, basis, *shapes)
+    _kernel_cache[key] = (weight, weight._version, basis.profiles, kernel)
+    return kernel
+
+
 # ---------------------------------------------------------------------------------------- direct
 
 
@@ -114,9 +159,10 @@ def _cropped_kernel(weight: Tensor, basis: ScaleBasis, scale: int, half: tuple[i
 def _direct(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """One conv2d per scale with the cropped kernel -> [B, Cout, S, H, W]."""
     halves = _half_sizes(basis, *x.shape[-2:])
+    kernels = [_reused(_cropped_kernel, weight, basis, s, half) for s, half in enumerate(halves)]
     ys = [
-        F.conv2d(_scale_input(x, s), _cropped_kernel(weight, basis, s, half), padding=half)
-        for s, half in enumerate(halves)
+        F.conv2d(_scale_input(x, s), kernel, padding=half)
+        for s, (kernel, half) in enumerate(zip(kernels, halves, strict=True))
     ]
     return torch.stack(ys, dim=2)
 
@@ -151,7 +197,7 @@ def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """2-D FFT convolution -> [B, Cout, S, H, W]."""
     height, width = x.shape[-2:]
     lengths, halves = _fft_plan(basis, height, width)
-    spectrum = _kernel_spectrum(weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
+    spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
     num_scales, k1, k2, in_channels, out_channels = spectrum.shape
     x_hat = torch.fft.rfft2(x, s=lengths)  # [B, Cin, (S,) k1, k2]
     batch = x.shape[0]
@@ -178,7 +224,7 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     done as a matmul [Cout, Cin·P] per scale and frequency of the W axis.
     """
     batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
-    out_channels, _, count = weight.shape
+    out_channels = weight.shape[0]
     num_scales, num_profiles = basis.profiles.shape[:2]
     profiles = basis.profiles.to(weight.dtype)
     z = []
@@ -191,17 +237,25 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     bins = z_hat.shape[-1]
     z_hat = z_hat.permute(0, 4, 2, 1, 3).reshape(num_scales * bins, in_channels * num_profiles, -1)
 
+    mixed = _reused(_rows_kernel, weight, basis, half_w, length)  # [S·k, Cout, Cin·P]
+    y_hat = _bmm(mixed, z_hat).view(num_scales, bins, out_channels, batch, height)
+    y = torch.fft.irfft(y_hat.permute(3, 2, 0, 4, 1), n=length)  # [B, Cout, S, H, length]
+    return y[..., :width]
+
+
+def _rows_kernel(weight: Tensor, basis: ScaleBasis, half_w: int, length: int) -> Tensor:
+    """T of `_rows` in Fourier space along W: weight [Cout, Cin, F] -> [S·k, Cout, Cin·P]."""
+    out_channels, in_channels, count = weight.shape
+    num_scales, num_profiles = basis.profiles.shape[:2]
+    profiles = basis.profiles.to(weight.dtype)
     cols = _profile_spectrum(profiles, half_w, length, real=True)[:, basis.col_index]  # [S, F, k]
+    bins = cols.shape[-1]
     # W[o, i, f] placed at the row profile of f: [Cout·Cin·P, F], zero where row(f) ≠ p.
     placed = weight.new_zeros(out_channels, in_channels, num_profiles, count)
     placed[:, :, basis.row_index, torch.arange(count, device=weight.device)] = weight
     mixed = placed.reshape(-1, count) @ torch.view_as_real(cols).transpose(0, 1).reshape(count, -1)
     mixed = torch.view_as_complex(mixed.view(out_channels, -1, num_scales, bins, 2))
-    mixed = mixed.permute(2, 3, 0, 1).reshape(num_scales * bins, out_channels, -1)
-
-    y_hat = _bmm(mixed, z_hat).view(num_scales, bins, out_channels, batch, height)
-    y = torch.fft.irfft(y_hat.permute(3, 2, 0, 4, 1), n=length)  # [B, Cout, S, H, length]
-    return y[..., :width]
+    return mixed.permute(2, 3, 0, 1).reshape(num_scales * bins, out_channels, -1)
 
 
 # -------------------------------------------------------------------------------------- choosing
@@ -253,6 +307,38 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis) -> dict[str, float]:
         _NS_PER_FFT1_POINT * rows * length_w * math.log2(length_w) + _NS_PER_COMPLEX_MAC * mix
     )
     return costs
+
+
+def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = None) -> int:
+    """Upper bound of the memory one forward call holds at once (its intermediates and output,
+    without autograd's saved tensors), in bytes, for the method `_choose` picks (or `method`).
+
+    The sum of every intermediate's size: the methods free some before others exist, so the
+    true peak is lower. Used to bound evaluation memory (scalelearn.nn.evaluation).
+    """
+    method = method or _choose(x, weight, basis)
+    batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
+    out_channels = weight.shape[0]
+    scales, profiles = basis.profiles.shape[:2]
+    inputs = scales if x.dim() == 5 else 1
+    real = max(x.element_size(), 4)  # the spectral methods run in float32 at least
+    complex_ = 2 * real
+    outputs = batch * out_channels * scales * height * width
+    if method == "direct":
+        return 2 * outputs * real  # the per-scale outputs and their stack
+    (length_h, length_w), _ = _fft_plan(basis, height, width)
+    if method == "fft":
+        bins = length_h * (length_w // 2 + 1)
+        x_hat = batch * in_channels * max(inputs, scales) * bins * complex_
+        y_hat = batch * out_channels * scales * bins * complex_
+        # x̂ and its batched layout, ŷ, its layout for the inverse FFT and the one inside it.
+        return 2 * x_hat + 3 * y_hat + batch * out_channels * scales * length_h * length_w * real
+    bins = length_w // 2 + 1
+    z = batch * scales * in_channels * profiles * height * width * real
+    z_hat = batch * scales * in_channels * profiles * height * bins * complex_
+    y_hat = batch * scales * out_channels * height * bins * complex_
+    # z and its stack, ẑ and its batched layout, ŷ and its layout, the padded inverse.
+    return 2 * z + 2 * z_hat + 2 * y_hat + batch * out_channels * scales * height * length_w * real
 
 
 def _choose(x: Tensor, weight: Tensor, basis: ScaleBasis) -> str:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from scalelearn.nn import fast_conv
 from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, ScaleMaxProjection
-from scalelearn.nn.hermite import HermiteBasis, kernel_size
+from scalelearn.nn.hermite import HermiteBasis, ScaleBasis, kernel_size
 from scalelearn.nn.scales import InternalScales
 from scalelearn.nn.shared_basis import SharedBasis
 from scalelearn.settings import MODEL_DEFAULTS
@@ -191,12 +194,25 @@ def _from_previous_layout(
             state_dict[f"{prefix}{path}{part}{name}"] = value
 
 
+# Working memory the toy model's lifting (conv, scale max, ReLU) may hold in a training step,
+# forward and backward, in bytes: larger batches go through it in checkpointed chunks.
+TRAIN_LIFT_BUDGET = 2**30
+# Forward + backward of the lifting, over its forward working set (fast_conv.working_bytes).
+_BACKWARD_FACTOR = 2
+
+
 class ToyModel(ScaleEquivariantNet):
     """E1–E4: [B, 1, H, W] (H = W = 168) -> logits [B, 10].
 
     Z2→H (1→16, no bias) → max over scales → ReLU → BatchNorm2d → max-pool to 4×4 → Linear(256→10).
     The pool is MaxPool2d(H/4, stride H/4) (42 on the paper's 168 canvas), written as an adaptive
     pool so smaller canvases (CI) keep the same head.
+
+    Memory: the lifting holds S·16 maps per image and their spectra (about 30 MB per image at K 97
+    on the 168 canvas). Where a training batch would need more than TRAIN_LIFT_BUDGET, the
+    lifting runs in chunks under activation checkpointing (each chunk recomputed in the backward
+    pass), so a step's memory stays bounded whatever the batch size; the values are those of the
+    whole batch (per-image operations; only the summation order of the weight gradient changes).
     """
 
     def __init__(self, config: ToyConfig | None = None):
@@ -208,8 +224,30 @@ class ToyModel(ScaleEquivariantNet):
         self.pool = nn.AdaptiveMaxPool2d(4)
         self.fc = nn.Linear(16 * 4 * 4, 10)
 
+    def _lift(self, x: Tensor, basis: ScaleBasis) -> Tensor:
+        """[B, 1, H, W] -> [B, 16, H, W]: the per-image part of the network."""
+        return F.relu(self.projection(self.conv.convolve(x, basis)))
+
+    def lift_chunk(self, x: Tensor, basis: ScaleBasis) -> int:
+        """Images per checkpointed chunk of the lifting in a training step (len(x): no chunks)."""
+        if not torch.is_grad_enabled() or self.conv.implementation != "fast":
+            return len(x)
+        working = fast_conv.working_bytes(x, self.conv.weight, basis)  # the whole batch
+        per_image = _BACKWARD_FACTOR * working // len(x)
+        return max(1, min(len(x), TRAIN_LIFT_BUDGET // per_image))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.projection(self.conv(x)))
+        basis = self.basis()  # once per pass, also for every checkpointed chunk
+        chunk = self.lift_chunk(x, basis)
+        if chunk >= len(x):
+            x = self._lift(x, basis)
+        else:
+            x = torch.cat(
+                [
+                    checkpoint(self._lift, x[start : start + chunk], basis, use_reentrant=False)
+                    for start in range(0, len(x), chunk)
+                ]
+            )
         x = self.pool(self.bn(x))
         return self.fc(x.flatten(1))
 

@@ -39,8 +39,8 @@ def evaluate_per_scale(
     """Evaluate a run's best.ckpt at every in-depth scale; one dict per scale (COLUMNS).
 
     The subsample of test digits is seeded by the run's seed (the same digits at every scale).
-    Memory is bounded by `batch_size` images of canvas x canvas at a time (default: the run's
-    train.eval_batch_size).
+    Images are rendered `batch_size` at a time (default: the run's
+    train.eval_batch_size); the forward passes run in memory-bounded chunks (module.predict).
     """
     import torch
 
@@ -84,7 +84,7 @@ def evaluate_per_scale(
     errors = [0] * len(IN_DEPTH_SCALES)
     with torch.inference_mode():
         for batch in batches:
-            logits = module(batch.images.unsqueeze(1).to(device))
+            logits = module.predict(batch.images.unsqueeze(1).to(device))  # bounded memory
             wrong = logits.argmax(1).cpu() != batch.labels
             errors[batch.scale_index] += int(wrong.sum())
     n = batches.n_digits

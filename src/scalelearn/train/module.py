@@ -1,5 +1,6 @@
 """The LightningModule: one network, two optimiser groups (weights / internal scales) with the
-schedules of SPEC §6, normalisation and "+" augmentation done on the device, per batch."""
+schedules of SPEC §6, normalisation and "+" augmentation done on the device, per batch;
+validation and test in bounded memory (scalelearn.nn.evaluation)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from scalelearn.allocator import release_freed_memory
 from scalelearn.data.loader import epoch_seed
 from scalelearn.data.rescale import random_rescale
+from scalelearn.nn.evaluation import ChunkedEvaluator
 from scalelearn.nn.models import ModelConfig, build_model, config_dict, model_config
 from scalelearn.train.config import TrainConfig
 
@@ -66,15 +69,28 @@ class ScaleLearner(pl.LightningModule):
         self.seed = seed
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
+        self.evaluator = ChunkedEvaluator(self.model)
 
     @property
     def internal_scales(self):
         return self.model.internal_scales
 
+    def _normalise(self, images: Tensor) -> Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
     def forward(self, images: Tensor) -> Tensor:
         """uint8 [B, 1, H, W] -> logits [B, 10]."""
-        x = (images.float() / 255.0 - self.mean) / self.std
-        return self.model(x)
+        return self.model(self._normalise(images))
+
+    def predict(self, images: Tensor) -> Tensor:
+        """Evaluation logits: uint8 [B, 1, H, W] -> [B, 10], in eval mode, without autograd, in
+        chunks whose working memory stays within the evaluation budget whatever B is."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.evaluator(self._normalise(images))
+        finally:
+            self.model.train(was_training)
 
     def _augment(self, images: Tensor, batch_idx: int) -> Tensor:
         # Seeded per (run seed, epoch, batch) so the draws do not depend on anything else.
@@ -84,7 +100,7 @@ class ScaleLearner(pl.LightningModule):
 
     def _step(self, batch, stage: str) -> Tensor:
         images, labels = batch
-        logits = self(images)
+        logits = self(images) if stage == "train" else self.predict(images)
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(1) == labels).float().mean()
         size = len(labels)
@@ -110,6 +126,14 @@ class ScaleLearner(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    # Evaluation's working set differs from training's: hand what it freed back to the OS
+    # (the allocator otherwise keeps it, see scalelearn.allocator).
+    def on_validation_epoch_end(self) -> None:
+        release_freed_memory()
+
+    def on_test_epoch_end(self) -> None:
+        release_freed_memory()
 
     def configure_optimizers(self):
         train = self.train_cfg
