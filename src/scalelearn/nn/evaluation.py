@@ -43,13 +43,18 @@ def bytes_per_image(model: nn.Module, image_shape: tuple[int, ...]) -> int:
         if isinstance(module, (ScaleConvZ2H, ScaleConvH2H)):
             method = "direct" if module.implementation == "dense" else None
             batch = x.expand(_NOMINAL_BATCH, *x.shape[1:])
-            working = fast_conv.working_bytes(batch, module.weight, args[1], method)
+            working = fast_conv.working_bytes(batch, module.weight, module.basis(), method)
             working //= _NOMINAL_BATCH
         else:
             working = output.numel() * output.element_size() if isinstance(output, Tensor) else 0
         largest = max(largest, x.numel() * x.element_size() + working)
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    # The layers hold their SharedBasis as a child, so they are not leaves: hook them too.
+    leaves = [
+        m
+        for m in model.modules()
+        if not list(m.children()) or isinstance(m, (ScaleConvZ2H, ScaleConvH2H))
+    ]
     hooks = [m.register_forward_hook(record) for m in leaves]
     parameter = next(model.parameters())
     probe = torch.zeros(1, *image_shape, dtype=parameter.dtype, device=parameter.device)
