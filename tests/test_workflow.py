@@ -42,8 +42,25 @@ def test_default_config_lists_the_paper_grid():
     result = snakemake("-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout + result.stderr)
-    assert counts["train"] == 144, "E1 135 runs + E2 9 runs"
+    assert counts["train"] == 144 + 60 + 24, "E1 135 + E2 9 + E5 60 + E5 baselines 24 runs"
     assert counts["dataset_scale_distribution"] == 9 and counts["mnist_pool"] == 1
+
+
+def test_default_config_plans_e5_runs_baselines_and_mnist_scale_datasets():
+    """SPEC §8 E5: 10 configurations x 6 realisations, the baselines (fixed SESN and CNN, both
+    augmentations, 6 realisations), the 6 MNIST-Scale realisations and the E5 table."""
+    result = snakemake("-n")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    runs = set(re.findall(r"results/runs/(\w+)/([^/\s]+)/summary\.json", output))
+    per_experiment = {
+        name: sum(1 for experiment, _ in runs if experiment == name)
+        for name in ("e5", "e5_baselines")
+    }
+    assert per_experiment == {"e5": 60, "e5_baselines": 24}
+    datasets = set(re.findall(r"results/data/mnist_scale/sesn/seed(\d+)\.npz", output))
+    assert datasets == {str(k) for k in range(6)}
+    assert "results/tables/e5_table.csv" in output and "results/tables/e5_table.tex" in output
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -186,6 +186,11 @@ def _check_semantics(config: dict) -> None:
                     f"config key experiments.{name}.analyses: isr_curve needs dataset "
                     "scale_distribution and an `isr` key in the grid"
                 )
+        if "e5" in analyses and dataset != "mnist_scale":
+            raise ScalelearnError(
+                f"config key experiments.{name}.analyses: e5 needs dataset mnist_scale, "
+                f"not {dataset!r}"
+            )
         other = experiment.get("compare_with")
         if other is not None and other not in experiments:
             raise ScalelearnError(

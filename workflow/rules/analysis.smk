@@ -69,3 +69,28 @@ rule table_learned_scales:
     shell:
         "scalelearn table learned-scales --runs {input.runs} {params.reference}"
         " --out {params.stem} > {log} 2>&1"
+
+
+rule table_e5:
+    input:
+        unpack(e5_table_inputs),
+    output:
+        csv=report(
+            "results/tables/{experiment}_table.csv",
+            caption="../report/e5_table.rst",
+            category="MNIST-Scale (E5)",
+            labels={"experiment": "{experiment}", "table": "test error"},
+        ),
+        tex="results/tables/{experiment}_table.tex",
+    params:
+        stem=lambda w, output: output_stem(output),
+        baselines=lambda w, input: (
+            f"--baselines {input.baselines}" if "baselines" in input.keys() else ""
+        ),
+    log:
+        "results/logs/tables/{experiment}_table.log",
+    conda:
+        "../../envs/scalelearn.yaml"
+    shell:
+        "scalelearn table e5 --runs {input.runs} {params.baselines}"
+        " --out {params.stem} > {log} 2>&1"

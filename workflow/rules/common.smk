@@ -70,6 +70,15 @@ def learned_scales_inputs(wildcards):
     return inputs
 
 
+def e5_table_inputs(wildcards):
+    """The E5 runs and, with `compare_with`, the baseline runs shown as extra rows."""
+    inputs = {"runs": f"results/aggregate/{wildcards.experiment}.csv"}
+    baselines = CONFIG["experiments"][wildcards.experiment].get("compare_with")
+    if baselines:
+        inputs["baselines"] = f"results/aggregate/{baselines}.csv"
+    return inputs
+
+
 def output_stem(output):
     """results/tables/e1_isr from results/tables/e1_isr.csv (the verbs take a stem)."""
     return os.path.splitext(output[0])[0]
@@ -86,6 +95,10 @@ ANALYSIS_OUTPUTS = {
     "learned_scales": [
         "results/tables/{experiment}_learned.csv",
         "results/tables/{experiment}_learned.tex",
+    ],
+    "e5": [
+        "results/tables/{experiment}_table.csv",
+        "results/tables/{experiment}_table.tex",
     ],
 }
 

@@ -3,6 +3,7 @@
   scalelearn aggregate --out results/aggregate/e1.csv RUN_FOLDER ...
   scalelearn table isr-curve --runs results/aggregate/e1.csv --out results/tables/e1_isr
   scalelearn table learned-scales --runs e2.csv [--reference e1.csv] --out results/tables/e2_learned
+  scalelearn table e5 --runs e5.csv [--baselines e5_baselines.csv] --out results/tables/e5_table
   scalelearn plot isr-curve --runs results/aggregate/e1.csv --out results/figures/e1_isr
 
 `--out` of tables and plots is a stem: tables write STEM.csv + STEM.tex, plots STEM.pdf + STEM.png.
@@ -31,6 +32,15 @@ def _table_learned_scales(args: argparse.Namespace) -> None:
     reference = aggregate.read_runs_csv(args.reference) if args.reference else None
     table = tables.learned_scales_table(aggregate.read_runs_csv(args.runs), reference)
     for path in tables.write_table(table, tables.learned_scales_latex(table), args.out):
+        print(path)
+
+
+def _table_e5(args: argparse.Namespace) -> None:
+    from scalelearn.analysis import e5
+
+    baselines = aggregate.read_runs_csv(args.baselines) if args.baselines else None
+    table = e5.e5_table(aggregate.read_runs_csv(args.runs), baselines)
+    for path in tables.write_table(table, e5.e5_latex(table), args.out):
         print(path)
 
 
@@ -72,6 +82,14 @@ def register(subparsers) -> None:
     learned.add_argument("--reference", help="aggregated CSV of a fixed-ISR sweep (best ISR)")
     learned.add_argument("--out", required=True, help="output stem")
     learned.set_defaults(func=_table_learned_scales)
+    mnist_scale = kinds.add_parser(
+        "e5",
+        help="E5: MNIST-Scale test error per configuration, baselines and the authors' numbers",
+    )
+    mnist_scale.add_argument("--runs", required=True, help="aggregated CSV of the E5 runs")
+    mnist_scale.add_argument("--baselines", help="aggregated CSV of baseline runs (extra rows)")
+    mnist_scale.add_argument("--out", required=True, help="output stem")
+    mnist_scale.set_defaults(func=_table_e5)
 
     plot = subparsers.add_parser(
         "plot",
