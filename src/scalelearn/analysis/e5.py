@@ -107,7 +107,9 @@ def e5_table(runs: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.Da
     table = pd.concat(parts, axis=1).reset_index()
 
     learned_scales = (table["model"] == "sesn") & (table["scale_mode"] != "fixed")
-    learned_sigma = learned_scales & (table["learn_sigma_basis"] | (table["scale_mode"] == "direct"))
+    learned_sigma = learned_scales & (
+        table["learn_sigma_basis"] | (table["scale_mode"] == "direct")
+    )
     for column in ("isr_mean", "isr_std", *scale_columns):
         if column in table:
             table[column] = table[column].where(learned_scales)
