@@ -179,8 +179,8 @@ def e5_runs() -> tuple[pd.DataFrame, pd.DataFrame]:
             sesn_run("rescale", "single_ratio_squared", True, 1.0, isr=3.0, sigma_basis=1.2),
             sesn_run("rescale", "single_ratio_squared", True, 2.0, isr=4.0, sigma_basis=1.4),
             sesn_run("rescale", "single_ratio_squared", True, 3.0, isr=5.0, sigma_basis=1.6),
-            # A failed run has no test error and is not counted.
-            sesn_run("rescale", "single_ratio_squared", True, np.nan, status="failed"),
+            # A failed run (even one that wrote a test error) is not counted.
+            sesn_run("rescale", "single_ratio_squared", True, 90.0, status="failed"),
             sesn_run("rescale", "single_ratio_squared", False, 1.5, isr=2.5),
             sesn_run("rescale", "single_ratio_squared", False, 2.5, isr=3.5),
             sesn_run("none", "direct", False, 4.0, isr=2.2, sigma_basis=1.3),

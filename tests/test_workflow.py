@@ -86,7 +86,7 @@ def test_conda_env_lists_every_dependency():
 
 
 def test_ci_preset_runs_end_to_end(tmp_path):
-    """The whole DAG on the embedded digits: pool, datasets, 5 runs, tables and the E1 figure."""
+    """The whole DAG on the embedded digits: pool, datasets, 8 runs, tables and the E1 figure."""
     workdir = copy_workflow(tmp_path / "workflow")
     result = snakemake("--cores", "2", "--configfile", "config/test.yaml", cwd=workdir)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -102,6 +102,15 @@ def test_ci_preset_runs_end_to_end(tmp_path):
     assert len(e2) == 1 and e2["isr"].iloc[0] > 1
     table = pd.read_csv(results / "tables/e1_isr.csv")
     assert set(table["width"].round(2)) == {2.0, 4.0}
+    # E5: learn ISR with and without "+", and the CNN baseline row.
+    e5 = pd.read_csv(results / "tables/e5_table.csv")
+    assert list(zip(e5["augment"], e5["model"], strict=True)) == [
+        ("none", "cnn"),
+        ("none", "sesn"),
+        ("rescale", "sesn"),
+    ]
+    assert (e5["n_runs"] == 1).all() and e5["test_error_mean"].between(0, 100).all()
+    assert (results / "tables/e5_table.tex").stat().st_size > 0
     # Nothing half-written is left behind.
     assert not list(results.rglob("*.tmp"))
     # A second call has nothing to do.
