@@ -16,6 +16,7 @@ VERB_MODULES = (
     "scalelearn.experiments",
     "scalelearn.train.cli",
     "scalelearn.analysis.cli",
+    "scalelearn.analysis.tolerance",
     "scalelearn.bench",
 )
 

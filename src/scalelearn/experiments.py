@@ -12,6 +12,7 @@ list of grids whose runs are joined, for designs with exclusions. Numeric keys a
 series `{start, steps_per_octave, num}` = start * 2^(i / steps_per_octave), i = 0..num-1.
 
 Resolved run config (`scalelearn runs --show RUN_ID` prints one): model = MODEL_DEFAULTS[name]
+(scalelearn.settings)
 <- experiment model <- grid values; train = top-level `train` <- experiment `train` <- grid values.
 """
 
@@ -22,14 +23,17 @@ import copy
 import itertools
 import json
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import yaml
 
 from scalelearn.errors import ScalelearnError
+from scalelearn.settings import (
+    SCHEMA_PATH,  # noqa: F401 (re-exported for the Snakefile: sl.SCHEMA_PATH)
+    load_schema,
+    model_defaults,
+)
 
-SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 RESULTS = "results"
 
 # Grid keys that pick the dataset rather than override the model or the training.
@@ -59,12 +63,6 @@ RUN_ID_PREFIX = {
 
 # --------------------------------------------------------------------------------------------
 # config loading and validation
-
-
-@cache
-def load_schema() -> dict:
-    with open(SCHEMA_PATH) as handle:
-        return yaml.safe_load(handle)
 
 
 def _validator_with_defaults():
@@ -294,13 +292,6 @@ def make_run_id(grid: dict) -> str:
         else:
             parts.append(f"{prefix}{_format_value(value)}")
     return "_".join(parts) or "run"
-
-
-def model_defaults(name: str) -> dict:
-    """The model's defaults from the network code (the single place they are defined)."""
-    from scalelearn.nn.models import MODEL_DEFAULTS
-
-    return copy.deepcopy(MODEL_DEFAULTS[name])
 
 
 def _dataset(config: dict, protocol: str, seed: int, width_octaves: float | None) -> Dataset:

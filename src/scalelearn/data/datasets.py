@@ -25,10 +25,10 @@ import os
 import numpy as np
 
 from scalelearn.errors import ScalelearnError
+from scalelearn.settings import SPLITS  # ("train", "val", "test")
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 SCALE_DISTRIBUTION_SPLIT = (10_000, 5_000, 50_000)
 MNIST_SCALE_SPLIT = (10_000, 2_000, 50_000)
 MNIST_SCALE_RANGE = (0.3, 1.0)

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from scalelearn.errors import ScalelearnError
-
-SOURCES = ("torchvision", "idx_dir", "embedded")
+from scalelearn.settings import MNIST_SOURCES as SOURCES  # ("torchvision", "idx_dir", "embedded")
 
 # torchvision.datasets.MNIST.resources: the md5 of the official gzipped files.
 KNOWN_MD5 = {

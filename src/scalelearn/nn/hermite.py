@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-BASIS_TYPES = ("hermite_a", "hermite_b")
+from scalelearn.settings import BASES as BASIS_TYPES  # ("hermite_a", "hermite_b")
 
 # Piecewise-constant sizes are computed from scales rounded to this many decimals, so that float32
 # noise in learned parameters (σ_max = 6.0000005) does not change K (SPEC §2: σ_max 6 gives K 49).

@@ -13,37 +13,7 @@ from torch import Tensor, nn
 from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, scale_max_projection
 from scalelearn.nn.hermite import HermiteBasis, ScaleBasis, kernel_size
 from scalelearn.nn.scales import InternalScales
-
-_SCALE_DEFAULTS = {
-    "scale_mode": "fixed",
-    "learn_sigma_basis": False,
-    "kernel_size_k": 4.0,
-    "basis_mult": 1.4,
-    "basis_max_order": 4,
-    "implementation": "fast",
-}
-
-MODEL_DEFAULTS: dict[str, dict] = {
-    "toy": {
-        "name": "toy",
-        "basis": "hermite_a",
-        "effective_size": 5,
-        "num_scales": 3,
-        "sigma_basis": 2.0,
-        "isr": 3.0,
-        **_SCALE_DEFAULTS,
-    },
-    "sesn": {
-        "name": "sesn",
-        "basis": "hermite_b",
-        "effective_size": 7,
-        "num_scales": 4,
-        "sigma_basis": 1.5,
-        "isr": 2.0,
-        **_SCALE_DEFAULTS,
-    },
-    "cnn": {"name": "cnn", "kernel_size": 7},
-}
+from scalelearn.settings import MODEL_DEFAULTS
 
 
 class ScaleEquivariantNet(nn.Module):

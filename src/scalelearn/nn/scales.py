@@ -21,14 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SCALE_MODES = (
-    "fixed",
-    "direct",
-    "ratio",
-    "ratio_squared",
-    "single_ratio",
-    "single_ratio_squared",
-)
+from scalelearn.settings import SCALE_MODES  # the modes of the table above, from the schema
 
 # Smallest scale (pixels) the projection after an optimiser step allows: a Gaussian narrower than
 # this is a single pixel anyway, and a non-positive scale would make the basis undefined.

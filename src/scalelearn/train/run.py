@@ -25,23 +25,8 @@ from scalelearn.data.datasets import load_dataset
 from scalelearn.data.loader import Batches, train_statistics
 from scalelearn.data.store import write_json
 from scalelearn.errors import ScalelearnError
+from scalelearn.settings import AUGMENTS, TRAIN_DEFAULTS
 from scalelearn.train.module import ScaleLearner
-
-TRAIN_DEFAULTS = {
-    "epochs": 60,
-    "batch_size": 128,
-    "lr": 0.01,
-    "lr_milestones": [20, 40],
-    "lr_gamma": 0.1,
-    "scale_lr": 0.01,
-    "scale_warmup_epochs": 5,
-    "scale_lr_milestones": [20, 40],
-    "scale_lr_gamma": 0.75,
-    "augment": "none",
-    "eval_batch_size": 256,
-    "accelerator": "auto",
-}
-AUGMENTS = ("none", "rescale")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
