@@ -16,7 +16,8 @@ from scalelearn.analysis.e5 import e5_latex, e5_table
 from scalelearn.cli import main as cli_main
 from scalelearn.data import datasets, mnist
 from scalelearn.errors import ScalelearnError
-from scalelearn.nn.models import MODEL_DEFAULTS, build_model
+from scalelearn.nn.models import build_model
+from scalelearn.settings import MODEL_DEFAULTS
 from scalelearn.train import module as train_module
 from scalelearn.train import run as run_module
 

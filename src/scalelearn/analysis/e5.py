@@ -17,22 +17,14 @@ import pandas as pd
 
 from scalelearn.analysis.tables import _mean_std, _pm, _require
 from scalelearn.errors import ScalelearnError
+from scalelearn.settings import AUGMENTS, SCALE_MODES
 
 AUTHORS_E5 = Path(__file__).with_name("data") / "authors_e5.csv"
 
-# Row order: no augmentation first, then "+"; within each, the baselines, then the learnable
-# parameterisations in the paper's order (learnable σ_b first).
-AUGMENT_ORDER = ("none", "rescale")
-SCALE_MODE_ORDER = ("", "fixed", "direct", "ratio", "ratio_squared", "single_ratio",
-                    "single_ratio_squared")  # fmt: skip
-MODEL_ORDER = ("cnn", "sesn")
+# The paper's names of the two learned parameterisations it shows (SPEC §3); other modes by name.
 SCALE_MODE_LABEL = {
     "": "--",
-    "fixed": "fixed",
-    "direct": "direct",
-    "ratio": "ratio",
     "ratio_squared": "learn spacing",
-    "single_ratio": "single ratio",
     "single_ratio_squared": "learn ISR",
 }
 MODEL_LABEL = {"sesn": "SESN", "cnn": "CNN"}
@@ -119,29 +111,34 @@ def e5_table(runs: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.Da
 
     table = table.merge(read_authors_e5(), on=KEYS, how="left")
     table.insert(4, "label", [_label(row) for row in table.itertuples()])
-    order = [
-        (
-            AUGMENT_ORDER.index(row.augment) if row.augment in AUGMENT_ORDER else 99,
-            MODEL_ORDER.index(row.model) if row.model in MODEL_ORDER else 99,
-            SCALE_MODE_ORDER.index(row.scale_mode) if row.scale_mode in SCALE_MODE_ORDER else 99,
-            not row.learn_sigma_basis,
-        )
-        for row in table.itertuples()
-    ]
+    order = [_row_rank(row) for row in table.itertuples()]
     table = table.iloc[sorted(range(len(table)), key=order.__getitem__)]
     return table.reset_index(drop=True)
+
+
+def _row_rank(row) -> tuple:
+    """Sort key: no augmentation first, then "+" (the schema's order); within each, the CNN,
+    then SESN by scale mode in the schema's order (fixed, direct, ..., single_ratio_squared),
+    learnable σ_b first."""
+    augment = AUGMENTS.index(row.augment) if row.augment in AUGMENTS else len(AUGMENTS)
+    mode = SCALE_MODES.index(row.scale_mode) if row.scale_mode in SCALE_MODES else -1
+    return (augment, row.model != "cnn", mode, not row.learn_sigma_basis)
 
 
 def _label(row) -> str:
     """e.g. 'SESN, learn ISR, learnable sigma_b, +'."""
     parts = [MODEL_LABEL.get(row.model, str(row.model))]
     if row.model != "cnn":
-        parts.append(SCALE_MODE_LABEL.get(row.scale_mode, row.scale_mode))
+        parts.append(_scale_label(row.scale_mode))
         if row.learn_sigma_basis:
             parts.append("learnable sigma_b")
     if row.augment == "rescale":
         parts.append("+")
     return ", ".join(parts)
+
+
+def _scale_label(mode: str) -> str:
+    return SCALE_MODE_LABEL.get(mode, mode)
 
 
 # --- LaTeX ----------------------------------------------------------------------------------
@@ -169,7 +166,7 @@ def e5_latex(table: pd.DataFrame) -> str:
     rows = {
         "aug.": ["+" if a == "rescale" else "--" for a in table["augment"]],
         "network": [MODEL_LABEL.get(m, str(m)) for m in table["model"]],
-        "scales": [SCALE_MODE_LABEL.get(s, s) for s in table["scale_mode"]],
+        "scales": [_scale_label(s) for s in table["scale_mode"]],
         # direct has no σ_b parameter: all N scales are free (its learned σ_b is the smallest).
         "$\\sigma_b$": [
             "--" if m == "cnn" or s == "direct" else ("learned" if lsb else "fixed")
