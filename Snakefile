@@ -30,7 +30,12 @@ shell.prefix(
 )
 
 
-configfile: "config/config.yaml"
+# The paper grid unless a --configfile is given: a preset replaces it, it is not merged into it
+# (merged, a config with only e3 would gain e1 and e2). The workflow profile's
+# replace-workflow-config does the same; this holds without the profile too.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -39,7 +44,17 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
+
+
+onsuccess:
+    report_failed_runs()
+
+
+onerror:
+    remove_stale_analyses()
+    report_failed_runs()
 
 
 rule all:

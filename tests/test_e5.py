@@ -3,6 +3,7 @@ Linear, the experiment grid of the presets, the E5 table, and the "+" augmentati
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from scalelearn import experiments as sl
+from scalelearn.analysis import registry
 from scalelearn.analysis.e5 import e5_latex, e5_table
 from scalelearn.cli import main as cli_main
 from scalelearn.data import datasets, mnist
@@ -140,10 +142,38 @@ def test_ci_preset_runs_a_tiny_e5_with_and_without_plus():
     assert "e5" in config["experiments"]["e5"]["analyses"]
 
 
+def test_model_keys_are_checked_per_grid():
+    """A list of grids may train a CNN beside a SESN; a scale key in the CNN's grid, or in the
+    model section that every grid shares, does not apply to the CNN."""
+    config = sl.load_config(CONFIGS / "test.yaml")
+    config["experiments"]["e5_baselines"]["model"] = {"name": "sesn"}
+    config["experiments"]["e5_baselines"]["grid"] = [
+        {"name": ["sesn"], "scale_mode": ["fixed"], "isr": [2.0]},
+        {"name": ["cnn"], "kernel_size": [5]},
+    ]
+    sl.validate_config(config)
+    bad = copy.deepcopy(config)
+    bad["experiments"]["e5_baselines"]["grid"][1]["scale_mode"] = ["fixed"]
+    with pytest.raises(
+        ScalelearnError, match=r"grid\[1\]\.scale_mode: does not apply to model 'cnn'"
+    ):
+        sl.validate_config(bad)
+    bad = copy.deepcopy(config)
+    bad["experiments"]["e5_baselines"]["model"]["isr"] = 2.0
+    with pytest.raises(ScalelearnError, match="model.isr: does not apply to model 'cnn'"):
+        sl.validate_config(bad)
+    bad = copy.deepcopy(config)
+    bad["experiments"]["e5_baselines"]["grid"][0]["kernel_size"] = [5]
+    with pytest.raises(
+        ScalelearnError, match=r"grid\[0\]\.kernel_size: does not apply to model 'sesn'"
+    ):
+        sl.validate_config(bad)
+
+
 def test_e5_analysis_needs_mnist_scale():
     raw = sl.load_config(CONFIGS / "test.yaml")
     raw["experiments"]["e1"]["analyses"] = ["e5"]
-    with pytest.raises(ScalelearnError, match="e5 needs dataset mnist_scale"):
+    with pytest.raises(ScalelearnError, match="e5 does not fit experiment e1: it needs dataset"):
         sl.validate_config(raw)
 
 
@@ -215,13 +245,13 @@ def test_e5_table_means_stds_counts_and_learned_values(e5_runs):
     table = e5_table(*e5_runs)
     assert len(table) == 7
     learn_isr = row(table, "rescale", "sesn", "single_ratio_squared", True)
-    assert learn_isr["n_runs"] == 3
+    assert (learn_isr["n_runs"], learn_isr["n_failed"]) == (3, 1)
     assert learn_isr["test_error_mean"] == pytest.approx(2.0)
     assert learn_isr["test_error_std"] == pytest.approx(1.0)  # sample std (ddof 1)
     assert learn_isr["isr_mean"] == pytest.approx(4.0)
     assert learn_isr["sigma_basis_mean"] == pytest.approx(1.4)
     assert learn_isr["sigma_basis_std"] == pytest.approx(0.2)
-    assert learn_isr["scale_3"] == pytest.approx((1.2 * 3 + 1.4 * 4 + 1.6 * 5) / 3)
+    assert learn_isr["scale_3_mean"] == pytest.approx((1.2 * 3 + 1.4 * 4 + 1.6 * 5) / 3)
     frozen = row(table, "rescale", "sesn", "single_ratio_squared", False)
     assert frozen["n_runs"] == 2 and frozen["test_error_mean"] == pytest.approx(2.0)
     assert frozen["isr_mean"] == pytest.approx(3.0)
@@ -290,28 +320,31 @@ def test_e5_latex_has_our_and_the_authors_columns(e5_runs):
     assert "$1.70$--$1.74$" in no_aug
 
 
-def test_e5_table_command_writes_csv_and_tex(e5_runs, tmp_path, capsys):
+def test_e5_analysis_command_writes_csv_and_tex(e5_runs, tmp_path, capsys):
     runs, baselines = e5_runs
     runs.to_csv(tmp_path / "e5.csv", index=False)
     baselines.to_csv(tmp_path / "e5_baselines.csv", index=False)
     stem = tmp_path / "tables" / "e5_table"
     cli_main(
         [
-            "table", "e5", "--runs", str(tmp_path / "e5.csv"),
-            "--baselines", str(tmp_path / "e5_baselines.csv"), "--out", str(stem),
+            "analyse", "e5", "--runs", str(tmp_path / "e5.csv"),
+            "--compare-with", str(tmp_path / "e5_baselines.csv"), "--table", str(stem),
         ]
     )  # fmt: skip
     written = pd.read_csv(stem.with_suffix(".csv"))
     assert len(written) == 7 and set(written["n_runs"]) == {1, 2, 3}
     assert stem.with_suffix(".tex").read_text().startswith("\\begin{table}")
+    assert "results/tables/e5_table" == registry.get("e5").stems("e5")["table"]
 
 
-def test_e5_table_without_finished_runs_is_a_clear_error():
+def test_e5_table_counts_failed_runs_and_names_missing_columns():
     failed = aggregated([sesn_run("none", "direct", False, np.nan, status="failed")])
-    with pytest.raises(ScalelearnError, match="no finished runs"):
-        e5_table(failed)
-    with pytest.raises(ScalelearnError, match="test_error"):
-        e5_table(failed.drop(columns="test_error"))
+    table = e5_table(failed)
+    assert (table["n_runs"].iloc[0], table["n_failed"].iloc[0]) == (0, 1)
+    assert np.isnan(table["test_error_mean"].iloc[0])
+    assert "0 (1 failed)" in e5_latex(table)
+    with pytest.raises(ScalelearnError, match="train_augment"):
+        e5_table(failed.drop(columns="train_augment"))
 
 
 # --- the "+" augmentation in training ---------------------------------------------------------

@@ -119,7 +119,7 @@ def test_bad_values_name_key_value_and_allowed(path, value, expected):
 
 def test_run_config_lookup_and_unknown_run():
     config = sl.load_config(CONFIGS / "test.yaml")
-    run = sl.find_run(config, "b4_seed0", "e2")
-    assert run.config["dataset"] == "results/data/scale_distribution/b4/seed0.npz"
+    run = sl.find_run(config, "b2_seed0", "e2")
+    assert run.config["dataset"] == "results/data/scale_distribution/b2/seed0.npz"
     with pytest.raises(ScalelearnError, match="scalelearn runs --config"):
         sl.find_run(config, "nope")

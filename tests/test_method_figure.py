@@ -118,10 +118,11 @@ def tiny_run(tmp_path_factory):
             "scale_warmup_epochs": 0,
             "eval_batch_size": 100,
             "accelerator": "cpu",
+            "threads": 1,
         },
     }
     folder = tmp_path_factory.mktemp("run")
-    summary = run_module.train_run(config, folder, threads=1)
+    summary = run_module.train_run(config, folder)
     return folder, summary
 
 

@@ -1,16 +1,21 @@
 """Tests of the Snakemake workflow: the paper grid's DAG, config errors before any job, the conda
-environment, and the CI preset run end to end (data -> training -> aggregate -> table, figure)."""
+environment, the CI preset run end to end (data -> training -> per-scale test -> aggregate -> every
+table and figure -> report) after a kill and `--unlock`, and the same command recovering from
+failures (issue 6)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import tomllib
 import yaml
 
@@ -42,8 +47,20 @@ def test_default_config_lists_the_paper_grid():
     result = snakemake("-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout + result.stderr)
-    assert counts["train"] == 144 + 60 + 24, "E1 135 + E2 9 + E5 60 + E5 baselines 24 runs"
+    assert counts["train"] == 135 + 9 + 81 + 18 + 60 + 24, "E1-E4; E5 60 + 24 baselines (SPEC §8)"
+    assert counts["evaluate"] == 135, "the per-scale test of every E1 run"
     assert counts["dataset_scale_distribution"] == 9 and counts["mnist_pool"] == 1
+    listed = subprocess.run(
+        [sys.executable, "-m", "scalelearn", "runs", "--config", "config/config.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    per_experiment = {
+        e: sum(r.startswith(f"{e}/") for r in listed) for e in ("e1", "e2", "e3", "e4")
+    }
+    assert per_experiment == {"e1": 135, "e2": 9, "e3": 81, "e4": 18}
 
 
 def test_default_config_plans_e5_runs_baselines_and_mnist_scale_datasets():
@@ -85,23 +102,101 @@ def test_conda_env_lists_every_dependency():
     assert "python=3.11" in env["dependencies"]
 
 
-def test_ci_preset_runs_end_to_end(tmp_path):
-    """The whole DAG on the embedded digits: pool, datasets, 8 runs, tables and the E1 figure."""
-    workdir = copy_workflow(tmp_path / "workflow")
-    result = snakemake("--cores", "2", "--configfile", "config/test.yaml", cwd=workdir)
+# Every output of SPEC §10 items 1-8 and 10 that the CI preset asks for (figure: PDF + PNG,
+# table: CSV + TeX).
+CI_FIGURES = [
+    "e1_isr",  # 3. E1 error vs ISR
+    "e1_per_scale",  # 4. E1 error per scale
+    "tolerance",  # 2. tolerance model
+    "e2_method",  # 1. method figure
+    "e2_scale_trajectories",  # 10. learned scales over epochs
+    "e3_scale_trajectories",
+    "e4_scale_trajectories",
+]
+CI_TABLES = [
+    "e1_isr",  # 3.
+    "tolerance",  # 2.
+    "e2_isr_comparison",  # 5. predicted / best fixed / learned ISR
+    "e2_learned",  # 6. E2 table
+    "e3_learned",  # 7. E3 table
+    "e4_parameterisations",  # 8. E4 table
+    "e5_table",  # 9. E5 table
+]
+
+
+def test_configfile_replaces_the_default_config_without_the_profile(tmp_path):
+    """Issue case 10: a --configfile with one experiment must not gain config.yaml's e1 and e2."""
+    config = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    config["experiments"] = {"solo": config["experiments"]["e1"]}
+    path = tmp_path / "solo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for profile in (["--workflow-profile", "none"], []):
+        result = snakemake("-n", *profile, "--configfile", str(path), "--quiet", "rules")
+        assert result.returncode == 0, result.stderr
+        counts = job_counts(result.stdout + result.stderr)
+        assert counts["train"] == 4 and counts["aggregate"] == 1, (profile, counts)
+
+
+def run_killed_then_unlocked(workdir: Path) -> subprocess.CompletedProcess:
+    """Start the CI preset, SIGKILL Snakemake and its jobs once training has started (a kill
+    leaves Snakemake's lock behind), check that the same command then names the lock, and
+    finish with `snakemake --unlock` and the same command, as README "Troubleshooting" says."""
+    command = [SNAKEMAKE, "--cores", "2", "--configfile", "config/test.yaml"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not list((workdir / "results/logs").glob("train/*/*.log")) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    locked = snakemake(*command[1:], cwd=workdir)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    unlock = snakemake("--unlock", "--configfile", "config/test.yaml", cwd=workdir)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    return snakemake(*command[1:], cwd=workdir)
+
+
+@pytest.fixture(scope="module")
+def finished_preset(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("preset") / "workflow")
+    result = run_killed_then_unlocked(workdir)
     assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_ci_preset_runs_end_to_end(finished_preset):
+    """The whole DAG on the embedded digits: pool, datasets, 12 runs, 4 per-scale tests, every
+    table and figure, and the report holding each of them with its caption, finished by the
+    same command after a kill and `--unlock`."""
+    workdir = finished_preset
     results = workdir / "results"
-    for stem in ("figures/e1_isr", "tables/e1_isr", "tables/e2_learned"):
-        for suffix in (".pdf", ".png") if stem.startswith("figures") else (".csv", ".tex"):
-            path = results / f"{stem}{suffix}"
-            assert path.stat().st_size > 0, path
+    expected = [f"figures/{s}{x}" for s in CI_FIGURES for x in (".pdf", ".png")]
+    expected += [f"tables/{s}{x}" for s in CI_TABLES for x in (".csv", ".tex")]
+    for name in expected:
+        assert (results / name).stat().st_size > 0, name
+    made = sorted(str(p.relative_to(results)) for p in results.glob("[ft][ia]*/*.*"))
+    assert made == sorted(expected), "an output of the registry that the test does not expect"
     e1 = pd.read_csv(results / "aggregate/e1.csv")
     assert len(e1) == 4 and e1["test_error"].between(0, 100).all()
     assert sorted(set(e1["isr"].round(2))) == [1.5, 3.0]
     e2 = pd.read_csv(results / "aggregate/e2.csv")
     assert len(e2) == 1 and e2["isr"].iloc[0] > 1
     table = pd.read_csv(results / "tables/e1_isr.csv")
-    assert set(table["width"].round(2)) == {2.0, 4.0}
+    assert set(table["width"].round(2)) == {1.41, 2.0}
+    for run in e1["run_id"]:
+        per_scale = pd.read_csv(results / "runs/e1" / run / "per_scale.csv")
+        assert len(per_scale) == 45 and (per_scale["n"] == 10).all()
+    e3 = pd.read_csv(results / "tables/e3_learned.csv")
+    assert e3[["init_isr", "init_sigma_basis"]].values.tolist() == [[1.5, 1.0], [3.0, 1.0]]
+    e4 = pd.read_csv(results / "tables/e4_parameterisations.csv")
+    assert e4["scale_mode"].tolist() == ["direct", "ratio_squared", "single_ratio_squared"]
     # E5: learn ISR with and without "+", and the CNN baseline row.
     e5 = pd.read_csv(results / "tables/e5_table.csv")
     assert list(zip(e5["augment"], e5["model"], strict=True)) == [
@@ -116,3 +211,61 @@ def test_ci_preset_runs_end_to_end(tmp_path):
     # A second call has nothing to do.
     again = snakemake("-n", "--configfile", "config/test.yaml", cwd=workdir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # The report holds every figure (PNG) and table (CSV), each with its caption.
+    report = snakemake("--report", "report.html", "--configfile", "config/test.yaml", cwd=workdir)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    for name in [f"{s}.png" for s in CI_FIGURES] + [f"{s}.csv" for s in CI_TABLES]:
+        assert name in html, name
+    assert "best ISR 2.38 / 4.76 / 5.35" in html and "{{" not in html
+
+
+def test_same_command_recovers_from_failures(finished_preset, tmp_path):
+    """Issue cases 2, 3, 5, 1 in the pipeline: what is missing is rebuilt; a replaced dataset
+    stops its runs and removes the tables they fed, and after deleting it as the message says
+    the same command rebuilds everything; a diverged run (changed config) shows in the tables."""
+    workdir = tmp_path / "workflow"
+    shutil.copytree(finished_preset, workdir, symlinks=True)
+    results = workdir / "results"
+    data = results / "data/scale_distribution"
+    e1_table = results / "tables/e1_isr.csv"
+    before = pd.read_csv(e1_table)
+    run = lambda *args: snakemake("--cores", "2", "--configfile", *args, cwd=workdir)  # noqa: E731
+
+    # A deleted dataset and a deleted run summary are made again by the same command.
+    digest = (data / "b2/seed0.json").read_text()
+    (data / "b2/seed0.npz").unlink()
+    summary = results / "runs/e1/b1.41_isr3_seed0/summary.json"
+    summary.unlink()
+    result = run("config/test.yaml")
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert (data / "b2/seed0.npz").exists() and summary.exists()
+    assert (data / "b2/seed0.json").read_text() == digest, "regenerated bit for bit"
+    pd.testing.assert_frame_equal(pd.read_csv(e1_table), before)
+
+    # Another dataset's file copied over b2 (issue case 3): its runs stop, the tables go.
+    shutil.copy(data / "b1.41/seed0.npz", data / "b2/seed0.npz")
+    result = run("config/test.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "does not match its manifest" in output and "run snakemake again" in output
+    assert not e1_table.exists() and not (results / "tables/e2_learned.csv").exists()
+    (data / "b2/seed0.npz").unlink()  # what the message says to do
+    result = run("config/test.yaml")
+    assert result.returncode == 0, result.stderr[-5000:]
+    pd.testing.assert_frame_equal(pd.read_csv(e1_table), before)
+
+    # A changed config trains afresh; this one blows up (lr 1e6): a visible failed run.
+    config = yaml.safe_load((workdir / "config/test.yaml").read_text())
+    config["experiments"]["e2"]["train"] = {"lr": 1.0e6}
+    (workdir / "blowup.yaml").write_text(yaml.safe_dump(config))
+    result = run("blowup.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "e2/b2_seed0: diverged" in output
+    log = (results / "logs/train/e2/b2_seed0.log").read_text()
+    assert "starting fresh" in log and "DIVERGED" in log
+    e2 = pd.read_csv(results / "aggregate/e2.csv")
+    assert e2["status"].tolist() == ["diverged"]
+    learned = pd.read_csv(results / "tables/e2_learned.csv")
+    assert learned[["n_runs", "n_failed"]].iloc[0].tolist() == [0, 1]

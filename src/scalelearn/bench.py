@@ -15,6 +15,7 @@ import threading
 import time
 
 from scalelearn.allocator import allocated_bytes, reuse_freed_memory
+from scalelearn.cli import non_negative_int, positive_int
 from scalelearn.errors import ScalelearnError
 
 # model: overrides of MODEL_DEFAULTS; input: [C, H, W]; slow_dense: the dense reference takes
@@ -334,18 +335,23 @@ def register(subparsers) -> None:
         metavar="NAME",
         help=f"configuration to measure (repeatable; default: {', '.join(DEFAULT_CONFIGS)})",
     )
-    parser.add_argument("--steps", type=int, default=8, help="measured fast steps (default 8)")
+    parser.add_argument(
+        "--steps", type=positive_int, default=8, help="measured fast steps (default 8)"
+    )
     parser.add_argument(
         "--dense-steps",
-        type=int,
+        type=non_negative_int,
         default=2,
         help="measured dense steps, at most --steps (default 2: dense is slow on CPU)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=1, help="unmeasured steps of each first (default 1)"
+        "--warmup",
+        type=non_negative_int,
+        default=1,
+        help="unmeasured steps of each first (default 1)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
     parser.add_argument(
         "--all-dense",

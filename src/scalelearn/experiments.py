@@ -22,7 +22,9 @@ import argparse
 import copy
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -63,6 +65,18 @@ RUN_ID_PREFIX = {
 
 # --------------------------------------------------------------------------------------------
 # config loading and validation
+
+
+@cache
+def config_schema() -> dict:
+    """The schema, with the analysis names of scalelearn.analysis.registry as the enum of
+    `experiments.<name>.analyses` (the registry is their one source)."""
+    from scalelearn.analysis.registry import ANALYSES
+
+    schema = copy.deepcopy(load_schema())
+    experiment = schema["properties"]["experiments"]["additionalProperties"]
+    experiment["properties"]["analyses"]["items"] = {"enum": list(ANALYSES)}
+    return schema
 
 
 def _validator_with_defaults():
@@ -128,7 +142,8 @@ def validate_config(config: dict) -> dict:
     config = copy.deepcopy(config if config is not None else {})
     if not isinstance(config, dict):
         raise ScalelearnError(f"the config must be a mapping, got {type(config).__name__}")
-    error = best_match(_validator_with_defaults()(load_schema()).iter_errors(config))
+    _check_finite(config)
+    error = best_match(_validator_with_defaults()(config_schema()).iter_errors(config))
     if error is not None:
         raise ScalelearnError(_describe(error) + ". Fix the config file and run again.")
     _check_semantics(config)
@@ -143,16 +158,44 @@ def load_config(path: str | Path) -> dict:
     with open(path) as handle:
         try:
             raw = yaml.safe_load(handle)
-        except yaml.YAMLError as error:
-            raise ScalelearnError(f"config file {path} is not valid YAML: {error}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            first_line = str(error).splitlines()[0]
+            raise ScalelearnError(f"config file {path} is not valid YAML: {first_line}") from None
     try:
         return validate_config(raw)
     except ScalelearnError as error:
         raise ScalelearnError(f"{path}: {error}") from None
 
 
+def _check_finite(node, parts: tuple = ()) -> None:
+    """Reject .inf / .nan anywhere: YAML reads them as floats and the schema's number type
+    accepts them."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, (*parts, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_finite(value, (*parts, index))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ScalelearnError(
+            f"config key {_key_path(parts)}: invalid value {node!r}; allowed: a finite number"
+        )
+
+
+# MNIST digits are size-normalised into a 20 x 20 box inside their 28 x 28 frame (LeCun et al.).
+# A digit rescaled by s spans about 20 s px: at the largest scale b of a distribution it must fit
+# the canvas (SPEC §7 accepts digits that touch the edge: b = 8 on 168 px, 160 px <= 168).
+DIGIT_EXTENT = 20
+MNIST_FRAME = 28
+
+# hermite_b's sub-sigma keys; meaningless with hermite_a.
+HERMITE_B_KEYS = ("basis_mult", "basis_max_order")
+
+
 def _check_semantics(config: dict) -> None:
-    """Checks the schema cannot express; each error names the key and the allowed values."""
+    """Checks the schema cannot express; each error names the key, the value and what is
+    allowed. Every config value that cannot make a meaningful run stops here, before any job."""
+    _check_datasets(config)
     experiments = config["experiments"]
     for name, experiment in experiments.items():
         dataset = experiment["dataset"]
@@ -177,24 +220,19 @@ def _check_semantics(config: dict) -> None:
                 _check_subset(
                     f"{where}.seed", grid["seed"], section["seeds"], f"datasets.{dataset}.seeds"
                 )
-        analyses = experiment.get("analyses", [])
-        if "isr_curve" in analyses:
-            if dataset != "scale_distribution" or not any("isr" in g for g in _grids(experiment)):
-                raise ScalelearnError(
-                    f"config key experiments.{name}.analyses: isr_curve needs dataset "
-                    "scale_distribution and an `isr` key in the grid"
-                )
-        if "e5" in analyses and dataset != "mnist_scale":
-            raise ScalelearnError(
-                f"config key experiments.{name}.analyses: e5 needs dataset mnist_scale, "
-                f"not {dataset!r}"
-            )
+            _check_geometric(where, grid)
+        _check_model_keys(name, experiment)
         other = experiment.get("compare_with")
-        if other is not None and other not in experiments:
+        if other is not None and (other == name or other not in experiments):
+            why = "the experiment itself" if other == name else "not an experiment of the config"
             raise ScalelearnError(
-                f"config key experiments.{name}.compare_with: invalid value {other!r}; allowed: "
-                f"one of {', '.join(repr(e) for e in experiments)}"
+                f"config key experiments.{name}.compare_with: invalid value {other!r} ({why}); "
+                f"allowed: one of {', '.join(repr(e) for e in experiments if e != name)}"
             )
+    # Each analysis fits the experiments that ask for it (scalelearn.analysis.registry).
+    from scalelearn.analysis.registry import check_config
+
+    check_config(config)
     names = [
         scale_distribution_name(2.0**o)
         for o in config["datasets"]["scale_distribution"]["widths_octaves"]
@@ -204,6 +242,132 @@ def _check_semantics(config: dict) -> None:
             "config key datasets.scale_distribution.widths_octaves: widths "
             f"{names} are not distinct at 3 significant digits; choose widths further apart"
         )
+    for name in experiments:
+        for run in experiment_runs(config, name):
+            _check_run_model(run)
+
+
+def _check_datasets(config: dict) -> None:
+    section = config["datasets"]["scale_distribution"]
+    canvas = section["canvas"]
+    for index, octaves in enumerate(section["widths_octaves"]):
+        width = 2.0**octaves
+        if DIGIT_EXTENT * width > canvas:
+            raise ScalelearnError(
+                f"config key datasets.scale_distribution.widths_octaves[{index}]: invalid value "
+                f"{octaves} (b = {width:.3g}): a digit of {DIGIT_EXTENT} px at scale b spans "
+                f"{DIGIT_EXTENT * width:.0f} px and leaves the {canvas} px canvas; allowed: "
+                f"{DIGIT_EXTENT} * 2^octaves <= canvas, i.e. octaves <= "
+                f"{math.log2(canvas / DIGIT_EXTENT):.3f} (or a larger canvas)"
+            )
+    scale = config["datasets"]["mnist_scale"]
+    if scale["scale_min"] > scale["scale_max"]:
+        raise ScalelearnError(
+            f"config key datasets.mnist_scale.scale_min: invalid value {scale['scale_min']}; "
+            f"allowed: a value <= scale_max ({scale['scale_max']})"
+        )
+    if DIGIT_EXTENT * scale["scale_max"] > MNIST_FRAME:
+        raise ScalelearnError(
+            f"config key datasets.mnist_scale.scale_max: invalid value {scale['scale_max']}: "
+            f"digits of {DIGIT_EXTENT} px leave the {MNIST_FRAME} px canvas; allowed: a value "
+            f"<= {MNIST_FRAME / DIGIT_EXTENT}"
+        )
+
+
+def _check_geometric(where: str, grid: dict) -> None:
+    """Every value of a geometric series must be finite and a valid value of its key."""
+    from jsonschema import Draft202012Validator
+
+    item_schemas = load_schema()["$defs"]["model"]["properties"]
+    for key, spec in grid.items():
+        if not isinstance(spec, dict):
+            continue
+        try:
+            values = geometric_values(spec)
+        except OverflowError:
+            values = [math.inf]
+        bad = [v for v in values if not math.isfinite(v)]
+        bad += [
+            v
+            for v in values
+            if math.isfinite(v) and not Draft202012Validator(item_schemas[key]).is_valid(v)
+        ]
+        if bad:
+            raise ScalelearnError(
+                f"config key {where}.{key}: the geometric series {spec} reaches {bad[0]!r}; "
+                f"allowed: finite values with {_schema_words(item_schemas[key])} (fewer steps, "
+                "more steps_per_octave or another start)"
+            )
+
+
+def _schema_words(schema: dict) -> str:
+    if "minimum" in schema:
+        return f"value >= {schema['minimum']}"
+    return "value > 0"
+
+
+def _check_model_keys(name: str, experiment: dict) -> None:
+    """Every model key set by the experiment (model section or grid) must belong to every model
+    it is applied to (MODEL_DEFAULTS lists each model's keys): the model section's keys to the
+    models of every grid, a grid's keys to the models of that grid (its `name` values, else the
+    model section's name), so a list of grids can train a CNN beside a scale-equivariant net."""
+    model_keys = set(load_schema()["$defs"]["model"]["properties"])
+    section = [(f"experiments.{name}.model.{key}", key) for key in experiment["model"]]
+    checks = []  # (model name, [(where, key)])
+    for index, grid in enumerate(_grids(experiment)):
+        where = f"experiments.{name}.grid" + (
+            f"[{index}]" if isinstance(experiment.get("grid"), list) else ""
+        )
+        given = section + [(f"{where}.{key}", key) for key in grid if key in model_keys]
+        for model_name in grid.get("name", [experiment["model"]["name"]]):
+            checks.append((model_name, given))
+    for model_name, given in checks:
+        allowed = model_defaults(model_name)
+        for where, key in given:
+            if key not in allowed:
+                raise ScalelearnError(
+                    f"config key {where}: does not apply to model {model_name!r}; allowed: "
+                    f"its keys {', '.join(sorted(allowed))}"
+                )
+            if (
+                key in HERMITE_B_KEYS
+                and experiment["model"].get("basis", allowed.get("basis")) == "hermite_a"
+            ):
+                raise ScalelearnError(
+                    f"config key {where}: only used by basis hermite_b, but {model_name!r} uses "
+                    "hermite_a; remove the key or set basis: hermite_b"
+                )
+
+
+def _check_run_model(run: Run) -> None:
+    """Checks of one resolved run: the input fits the network, the initial scales fit the input,
+    and no key is set that the scale parameterisation ignores."""
+    model = run.config["model"]
+    where = f"experiments.{run.experiment} (run {run.run_id})"
+    side = run.dataset.params.get("canvas", MNIST_FRAME)
+    if model["name"] in ("sesn", "cnn") and side != MNIST_FRAME:
+        raise ScalelearnError(
+            f"config key {where}: model {model['name']!r} needs {MNIST_FRAME}x{MNIST_FRAME} "
+            f"input (its head is sized for it), but the dataset canvas is {side}; allowed: "
+            "dataset mnist_scale, or datasets.scale_distribution.canvas: 28, or model toy"
+        )
+    if "sigma_basis" in model:
+        largest = model["sigma_basis"] * model["isr"]
+        if largest > side:
+            raise ScalelearnError(
+                f"config key {where}: the initial internal scales reach sigma_basis * isr = "
+                f"{model['sigma_basis']:.3g} * {model['isr']:.3g} = {largest:.3g} px, more than "
+                f"the {side} px input; allowed: sigma_basis * isr <= {side}"
+            )
+        # In a grid over scale_mode (E4) the shared learn_sigma_basis is meant for the other
+        # modes; asked of direct alone it is a mistake.
+        direct_alone = "scale_mode" not in run.config["grid"]
+        if model["scale_mode"] == "direct" and model["learn_sigma_basis"] and direct_alone:
+            raise ScalelearnError(
+                f"config key {where}: learn_sigma_basis true has no effect with scale_mode "
+                "direct (its scales are the parameters; sigma_b is unused); allowed: "
+                "learn_sigma_basis false"
+            )
 
 
 def _check_subset(key: str, values: list, allowed: list, source: str) -> None:
@@ -359,6 +523,9 @@ def experiment_runs(config: dict, experiment: str) -> list[Run]:
                 "seed": seed,
                 "grid": full_grid,
                 "dataset": dataset.path,
+                # What the dataset file must have been made with (checked against its manifest
+                # before training).
+                "dataset_params": {"protocol": protocol, "seed": seed, **dataset.params},
                 "model": model,
                 "train": train,
             }
@@ -387,6 +554,97 @@ def find_run(config: dict, run_id: str, experiment: str | None = None) -> Run:
         f"no run {run_id!r} in experiment(s) {', '.join(names)}; list them with "
         "`scalelearn runs --config FILE`"
     )
+
+
+def run_status(run: Run) -> str:
+    """ "ok", a failure status ("diverged", ...) from the run's summary.json, or "missing"."""
+    try:
+        return json.loads(Path(run.summary).read_text()).get("status", "missing")
+    except (OSError, ValueError):
+        return "missing"
+
+
+def failed_runs(runs: list[Run]) -> list[str]:
+    """One line per run whose summary is missing or not ok, e.g.
+    'e2/b2_seed0: diverged (mean training loss 1e+14 at epoch 0 exceeds ...)'."""
+    lines = []
+    for run in runs:
+        status = run_status(run)
+        if status == "ok":
+            continue
+        if status == "missing":
+            lines.append(
+                f"{run.experiment}/{run.run_id}: no summary (the job failed or did not run)"
+            )
+            continue
+        reason = json.loads(Path(run.summary).read_text()).get("reason", "")
+        lines.append(f"{run.experiment}/{run.run_id}: {status} ({reason})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# run configs (what `scalelearn train` reads)
+
+# Keys a run config may have: those `experiment_runs` writes, plus the two that `train` adds to
+# config.json (so a run folder's config.json is itself a valid run config).
+RUN_CONFIG_KEYS = (
+    "experiment",
+    "run_id",
+    "seed",
+    "grid",
+    "dataset",
+    "dataset_params",
+    "model",
+    "train",
+    "dataset_sha256",
+    "fingerprint",
+)
+
+
+def check_run_config(run_config) -> None:
+    """Validate a run config (as `scalelearn runs --show` prints it) with the workflow schema's
+    model and train definitions: unknown keys, invalid values and model keys that do not apply
+    to the model are errors naming the key, the value and what is allowed."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    if not isinstance(run_config, dict):
+        raise ScalelearnError(
+            f"a run config must be a JSON object, got {type(run_config).__name__}"
+        )
+    schema = {
+        "$defs": load_schema()["$defs"],
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["dataset", "model"],
+        "properties": {
+            "experiment": {"type": "string"},
+            "run_id": {"type": "string"},
+            "seed": {"$ref": "#/$defs/non_negative_int"},
+            "grid": {"type": "object"},
+            "dataset": {"type": "string", "minLength": 1},
+            "dataset_params": {"type": "object"},
+            "model": {"$ref": "#/$defs/model", "required": ["name"]},
+            "train": {"$ref": "#/$defs/train"},
+            "dataset_sha256": {"type": "string"},
+            "fingerprint": {"type": "string"},
+        },
+    }
+    try:
+        _check_finite(run_config)
+        error = best_match(Draft202012Validator(schema).iter_errors(run_config))
+        if error is not None:
+            raise ScalelearnError(_describe(error))
+    except ScalelearnError as error:
+        raise ScalelearnError(str(error).replace("config key", "run config key", 1)) from None
+    name = run_config["model"]["name"]
+    allowed = model_defaults(name)
+    for key in run_config["model"]:
+        if key not in allowed:
+            raise ScalelearnError(
+                f"run config key model.{key}: does not apply to model {name!r}; allowed: its "
+                f"keys {', '.join(sorted(allowed))}"
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-# Aggregation (one CSV per experiment, one row per run), then tables and figures.
+# Aggregation (one CSV per experiment, one row per run), then every analysis declared in
+# scalelearn.analysis.registry through one rule pattern: a rule `analysis_<name>` per
+# declaration, its inputs, options, outputs and report caption all derived from it.
 
 
 rule aggregate:
@@ -14,83 +16,23 @@ rule aggregate:
         "scalelearn aggregate --out {output} {input} > {log} 2>&1"
 
 
-rule table_isr_curve:
-    input:
-        "results/aggregate/{experiment}.csv",
-    output:
-        csv="results/tables/{experiment}_isr.csv",
-        tex="results/tables/{experiment}_isr.tex",
-    params:
-        stem=lambda w, output: output_stem(output),
-    log:
-        "results/logs/tables/{experiment}_isr.log",
-    conda:
-        "../../envs/scalelearn.yaml"
-    shell:
-        "scalelearn table isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
+for _analysis in registry.ANALYSES.values():
 
-
-rule plot_isr_curve:
-    input:
-        "results/aggregate/{experiment}.csv",
-    output:
-        pdf="results/figures/{experiment}_isr.pdf",
-        png=report(
-            "results/figures/{experiment}_isr.png",
-            caption="../report/isr_curve.rst",
-            category="Test error vs ISR",
-            labels={"experiment": "{experiment}"},
-        ),
-    params:
-        stem=lambda w, output: output_stem(output),
-    log:
-        "results/logs/figures/{experiment}_isr.log",
-    conda:
-        "../../envs/scalelearn.yaml"
-    shell:
-        "scalelearn plot isr-curve --runs {input} --out {params.stem} > {log} 2>&1"
-
-
-rule table_learned_scales:
-    input:
-        unpack(learned_scales_inputs),
-    output:
-        csv="results/tables/{experiment}_learned.csv",
-        tex="results/tables/{experiment}_learned.tex",
-    params:
-        stem=lambda w, output: output_stem(output),
-        reference=lambda w, input: (
-            f"--reference {input.reference}" if "reference" in input.keys() else ""
-        ),
-    log:
-        "results/logs/tables/{experiment}_learned.log",
-    conda:
-        "../../envs/scalelearn.yaml"
-    shell:
-        "scalelearn table learned-scales --runs {input.runs} {params.reference}"
-        " --out {params.stem} > {log} 2>&1"
-
-
-rule table_e5:
-    input:
-        unpack(e5_table_inputs),
-    output:
-        csv=report(
-            "results/tables/{experiment}_table.csv",
-            caption="../report/e5_table.rst",
-            category="MNIST-Scale (E5)",
-            labels={"experiment": "{experiment}", "table": "test error"},
-        ),
-        tex="results/tables/{experiment}_table.tex",
-    params:
-        stem=lambda w, output: output_stem(output),
-        baselines=lambda w, input: (
-            f"--baselines {input.baselines}" if "baselines" in input.keys() else ""
-        ),
-    log:
-        "results/logs/tables/{experiment}_table.log",
-    conda:
-        "../../envs/scalelearn.yaml"
-    shell:
-        "scalelearn table e5 --runs {input.runs} {params.baselines}"
-        " --out {params.stem} > {log} 2>&1"
+    rule:
+        name:
+            f"analysis_{_analysis.name}"
+        input:
+            unpack(lambda w, a=_analysis: analysis_inputs(a, w)),
+        output:
+            **analysis_rule_outputs(_analysis),
+        params:
+            name=_analysis.name,
+            args=lambda w, input, a=_analysis: analysis_args(a, w, input),
+            caption=lambda w, a=_analysis: analysis_caption(a, w),
+        log:
+            "results/logs/analysis/%s%s.log"
+            % (_analysis.name, "_{experiment}" if _analysis.per_experiment else ""),
+        conda:
+            "../../envs/scalelearn.yaml"
+        shell:
+            "scalelearn analyse {params.name} {params.args} > {log} 2>&1"

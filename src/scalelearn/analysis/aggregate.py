@@ -1,7 +1,9 @@
 """Collect the run folders of an experiment into one tidy table (one row per run).
 
-Columns: `experiment`, `run_id`, `dataset`; the grid point as `grid_<key>` (e.g. grid_width,
-grid_isr, grid_seed); the resolved model and train keys as `model_<key>` / `train_<key>`; then
+Columns: `experiment`, `run_id`, `dataset`, `status` ("ok", or how the run failed, e.g.
+"diverged", with its `reason`: failed runs stay in the table, with no test numbers); the grid
+point as `grid_<key>` (e.g. grid_width, grid_isr, grid_seed); the resolved model and train keys
+as `model_<key>` / `train_<key>`; then
 the summary's numbers at the best checkpoint (`test_error` in %, `test_acc`, `best_epoch`, the
 final `sigma_basis`, `isr`, `kernel_size`, ...), with `internal_scales` spread over `scale_0` ..
 `scale_{N-1}`.
@@ -47,6 +49,7 @@ def run_row(folder: str | os.PathLike) -> dict:
         "experiment": config["experiment"],
         "run_id": config["run_id"],
         "dataset": config.get("dataset"),
+        "status": summary.get("status", "ok"),
     }
     row.update({f"grid_{key}": value for key, value in config["grid"].items()})
     for section in ("model", "train"):
@@ -88,4 +91,12 @@ def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ScalelearnError(f"{path} not found; make it with `scalelearn aggregate`")
-    return pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ScalelearnError(
+            f"{path} is not an aggregated runs CSV ({error}); make it with `scalelearn aggregate`"
+        ) from None
+    if frame.empty:
+        raise ScalelearnError(f"{path} has no runs; make it with `scalelearn aggregate`")
+    return frame

@@ -1,54 +1,78 @@
 """Command line of the analysis steps:
 
   scalelearn aggregate --out results/aggregate/e1.csv RUN_FOLDER ...
-  scalelearn table isr-curve --runs results/aggregate/e1.csv --out results/tables/e1_isr
-  scalelearn table learned-scales --runs e2.csv [--reference e1.csv] --out results/tables/e2_learned
-  scalelearn table e5 --runs e5.csv [--baselines e5_baselines.csv] --out results/tables/e5_table
-  scalelearn plot isr-curve --runs results/aggregate/e1.csv --out results/figures/e1_isr
+  scalelearn analyse NAME --runs results/aggregate/e1.csv [--compare-with CSV]
+      [--run-files RUN/metrics.csv ...] [--widths-octaves 1.5 2.25 3] [--table STEM] [--figure STEM]
 
-`--out` of tables and plots is a stem: tables write STEM.csv + STEM.tex, plots STEM.pdf + STEM.png.
+The analyses (NAME) and what each reads and writes are declared in scalelearn.analysis.registry.
+Tables are written as STEM.csv + STEM.tex, figures as STEM.pdf + STEM.png.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from scalelearn.analysis import aggregate, tables
+import pandas as pd
+
+from scalelearn.analysis import aggregate, registry
+from scalelearn.errors import ScalelearnError
 
 
 def _aggregate(args: argparse.Namespace) -> None:
     frame = aggregate.collect_runs(args.runs)
     aggregate.write_csv(frame, args.out)
-    print(f"{args.out}: {len(frame)} runs")
+    failed = frame[frame["status"] != "ok"]
+    print(f"{args.out}: {len(frame)} runs, {len(failed)} failed")
+    for row in failed.itertuples():
+        print(f"  {row.experiment}/{row.run_id}: {row.status} ({getattr(row, 'reason', '')})")
 
 
-def _table_isr_curve(args: argparse.Namespace) -> None:
-    curve = tables.isr_curve_table(aggregate.read_runs_csv(args.runs))
-    for path in tables.write_table(curve, tables.isr_curve_latex(curve), args.out):
-        print(path)
+def read_run_files(paths: list[str]) -> pd.DataFrame:
+    """Per-run CSV files (RESULTS/runs/EXPERIMENT/RUN_ID/FILE.csv) stacked, with `experiment`
+    and `run_id` columns taken from the folders."""
+    frames = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ScalelearnError(f"{path} not found; run the step that writes it first")
+        frame = pd.read_csv(path)
+        frames.append(frame.assign(experiment=path.parent.parent.name, run_id=path.parent.name))
+    return pd.concat(frames, ignore_index=True)
 
 
-def _table_learned_scales(args: argparse.Namespace) -> None:
-    reference = aggregate.read_runs_csv(args.reference) if args.reference else None
-    table = tables.learned_scales_table(aggregate.read_runs_csv(args.runs), reference)
-    for path in tables.write_table(table, tables.learned_scales_latex(table), args.out):
-        print(path)
-
-
-def _table_e5(args: argparse.Namespace) -> None:
-    from scalelearn.analysis import e5
-
-    baselines = aggregate.read_runs_csv(args.baselines) if args.baselines else None
-    table = e5.e5_table(aggregate.read_runs_csv(args.runs), baselines)
-    for path in tables.write_table(table, e5.e5_latex(table), args.out):
-        print(path)
-
-
-def _plot_isr_curve(args: argparse.Namespace) -> None:
-    from scalelearn.analysis import figures  # matplotlib only where a figure is drawn
-
-    curve = tables.isr_curve_table(aggregate.read_runs_csv(args.runs))
-    for path in figures.save_figure(figures.isr_curve_figure(curve), args.out):
+def _analyse(args: argparse.Namespace) -> None:
+    analysis = registry.get(args.name)
+    given = {
+        "runs": args.runs,
+        "compare_with": args.compare_with,
+        "metrics": args.run_files,
+        "per_scale": args.run_files,
+        "widths": args.widths_octaves,
+    }
+    flags = {"runs": "--runs", "compare_with": "--compare-with", "widths": "--widths-octaves"}
+    for need in analysis.needs:
+        optional = need == "compare_with" and not analysis.compare_required
+        if given[need] is None and not optional:
+            flag = flags.get(need, f"--run-files (every run's {need}.csv)")
+            raise ScalelearnError(f"analysis {analysis.name} needs {flag}")
+    inputs = registry.AnalysisInputs(
+        runs=aggregate.read_runs_csv(args.runs) if args.runs else None,
+        reference=aggregate.read_runs_csv(args.compare_with) if args.compare_with else None,
+        run_files=read_run_files(args.run_files) if args.run_files else None,
+        widths_octaves=args.widths_octaves,
+    )
+    experiment = None
+    if inputs.runs is not None and "experiment" in inputs.runs:
+        experiment = str(inputs.runs["experiment"].iloc[0])
+    elif analysis.per_experiment:
+        raise ScalelearnError(f"analysis {analysis.name} needs --runs")
+    stems = analysis.stems(experiment)
+    for kind, given_stem in (("table", args.table), ("figure", args.figure)):
+        if given_stem and kind not in stems:
+            raise ScalelearnError(f"analysis {analysis.name} writes no {kind}")
+        if given_stem:
+            stems[kind] = given_stem
+    for path in registry.run(analysis, inputs, stems):
         print(path)
 
 
@@ -63,43 +87,24 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.set_defaults(func=_aggregate)
 
-    table = subparsers.add_parser(
-        "table",
-        help="result tables (STEM.csv + STEM.tex) from an aggregated CSV",
-        description="Result tables; --out is a stem, STEM.csv and STEM.tex are written.",
+    names = ", ".join(registry.ANALYSES)
+    analyse = subparsers.add_parser(
+        "analyse",
+        help="one table and/or figure of the study (see scalelearn.analysis.registry)",
+        description=f"Build one analysis ({names}) from aggregated runs and write its table "
+        "(STEM.csv + STEM.tex) and/or figure (STEM.pdf + STEM.png). Which inputs an analysis "
+        "needs is declared in scalelearn.analysis.registry; the default stems are the "
+        "registry's, formatted with the experiment of --runs.",
     )
-    kinds = table.add_subparsers(dest="table", required=True, metavar="TABLE")
-    isr = kinds.add_parser(
-        "isr-curve", help="E1: test error mean ± std per (width, ISR), best ISR per width"
+    analyse.add_argument("name", choices=list(registry.ANALYSES), metavar="NAME", help=names)
+    analyse.add_argument("--runs", help="aggregated CSV of the experiment's runs")
+    analyse.add_argument("--compare-with", help="aggregated CSV of the compare_with experiment")
+    analyse.add_argument(
+        "--run-files", nargs="+", help="every run's metrics.csv or per_scale.csv (in its folder)"
     )
-    isr.add_argument("--runs", required=True, help="aggregated CSV of a fixed-ISR sweep")
-    isr.add_argument("--out", required=True, help="output stem")
-    isr.set_defaults(func=_table_isr_curve)
-    learned = kinds.add_parser(
-        "learned-scales", help="E2: error and learned sigma_b / ISR per width"
+    analyse.add_argument(
+        "--widths-octaves", nargs="+", type=float, help="the configured distribution widths"
     )
-    learned.add_argument("--runs", required=True, help="aggregated CSV of learned-scale runs")
-    learned.add_argument("--reference", help="aggregated CSV of a fixed-ISR sweep (best ISR)")
-    learned.add_argument("--out", required=True, help="output stem")
-    learned.set_defaults(func=_table_learned_scales)
-    mnist_scale = kinds.add_parser(
-        "e5",
-        help="E5: MNIST-Scale test error per configuration, baselines and the authors' numbers",
-    )
-    mnist_scale.add_argument("--runs", required=True, help="aggregated CSV of the E5 runs")
-    mnist_scale.add_argument("--baselines", help="aggregated CSV of baseline runs (extra rows)")
-    mnist_scale.add_argument("--out", required=True, help="output stem")
-    mnist_scale.set_defaults(func=_table_e5)
-
-    plot = subparsers.add_parser(
-        "plot",
-        help="figures (STEM.pdf + STEM.png) from an aggregated CSV",
-        description="Figures; --out is a stem, STEM.pdf and STEM.png are written.",
-    )
-    figures = plot.add_subparsers(dest="figure", required=True, metavar="FIGURE")
-    curve = figures.add_parser(
-        "isr-curve", help="E1: test error vs ISR (log2), one line per width, ± std, best marked"
-    )
-    curve.add_argument("--runs", required=True, help="aggregated CSV of a fixed-ISR sweep")
-    curve.add_argument("--out", required=True, help="output stem")
-    curve.set_defaults(func=_plot_isr_curve)
+    analyse.add_argument("--table", help="output stem of the table (default: the registry's)")
+    analyse.add_argument("--figure", help="output stem of the figure (default: the registry's)")
+    analyse.set_defaults(func=_analyse)

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalelearn.analysis.tables import _mean_std, _pm, _require
-from scalelearn.errors import ScalelearnError
+from scalelearn.analysis.tables import _n_cells, _pm, _require, cell_stats, scale_columns
 from scalelearn.settings import AUGMENTS, SCALE_MODES
 
 AUTHORS_E5 = Path(__file__).with_name("data") / "authors_e5.csv"
@@ -46,7 +45,7 @@ def _as_bool(value) -> bool:
 
 def _configurations(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs with the four configuration columns of KEYS added (from the resolved config)."""
-    _require(runs, ["test_error", "train_augment", "model_name"], "the E5 table")
+    _require(runs, ["train_augment", "model_name"], "the E5 table")
     frame = runs.copy()
     for column, key in CONFIG_COLUMNS.items():
         frame[key] = frame[column] if column in frame else np.nan
@@ -56,8 +55,6 @@ def _configurations(runs: pd.DataFrame) -> pd.DataFrame:
         _as_bool(v) and m != "cnn"
         for v, m in zip(frame["learn_sigma_basis"], frame["model"], strict=True)
     ]
-    if "status" in frame:  # failed runs have no test error to average; they are not counted
-        frame = frame[frame["status"].fillna("ok") == "ok"]
     return frame
 
 
@@ -75,39 +72,28 @@ def e5_table(runs: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.Da
     """One row per configuration of the E5 runs and (if given) the baseline runs.
 
     runs, baselines: aggregated runs (`scalelearn aggregate`), one row per run.
-    Columns: augment, model, scale_mode, learn_sigma_basis (the configuration), label, n_runs,
-    test_error_mean / _std (%, sample std over realisations), the learned isr_mean / _std and
-    sigma_basis_mean / _std and mean learned scales scale_i (NaN where not learned: ISR and scales
+    Columns: augment, model, scale_mode, learn_sigma_basis (the configuration), label, n_runs
+    (runs with status ok), n_failed (the others), test_error_mean / _std (%, over the ok runs,
+    sample std over realisations), the learned isr_mean / _std, sigma_basis_mean / _std and the
+    mean learned scales scale_i_mean (NaN where not learned: ISR and scales
     for every mode but fixed, σ_b where it is learnable or the mode is `direct`), then the
     authors' columns of `read_authors_e5` (empty where SPEC §11 gives no number).
     """
     frames = [runs] if baselines is None else [runs, baselines]
     frame = _configurations(pd.concat(frames, ignore_index=True))
-    if frame.empty:
-        raise ScalelearnError("the E5 table got no finished runs (status ok); train them first")
-    group = frame.groupby(KEYS, sort=False)
-    parts = [_mean_std(group, "test_error", "test_error")]
-    for column in ("isr", "sigma_basis"):
-        if column in frame:
-            parts.append(_mean_std(group, column, column).drop(columns="n_runs"))
-    scale_columns = sorted(
-        (c for c in frame.columns if c.startswith("scale_") and c[6:].isdigit()),
-        key=lambda c: int(c[6:]),
-    )
-    if scale_columns:
-        parts.append(group[scale_columns].mean())
-    table = pd.concat(parts, axis=1).reset_index()
+    scales = scale_columns(frame)
+    # n_runs counts the ok runs, n_failed the others; the numbers are over the ok runs.
+    table = cell_stats(frame, KEYS, ["test_error", "isr", "sigma_basis", *scales])
+    table = table.drop(columns=[f"{c}_std" for c in scales])
 
     learned_scales = (table["model"] == "sesn") & (table["scale_mode"] != "fixed")
     learned_sigma = learned_scales & (
         table["learn_sigma_basis"] | (table["scale_mode"] == "direct")
     )
-    for column in ("isr_mean", "isr_std", *scale_columns):
-        if column in table:
-            table[column] = table[column].where(learned_scales)
+    for column in ("isr_mean", "isr_std", *(f"{c}_mean" for c in scales)):
+        table[column] = table[column].where(learned_scales)
     for column in ("sigma_basis_mean", "sigma_basis_std"):
-        if column in table:
-            table[column] = table[column].where(learned_sigma)
+        table[column] = table[column].where(learned_sigma)
 
     table = table.merge(read_authors_e5(), on=KEYS, how="left")
     table.insert(4, "label", [_label(row) for row in table.itertuples()])
@@ -174,7 +160,7 @@ def e5_latex(table: pd.DataFrame) -> str:
                 table["model"], table["scale_mode"], table["learn_sigma_basis"], strict=True
             )
         ],
-        "runs": [str(int(n)) for n in table["n_runs"]],
+        "runs": _n_cells(table),
         "error (\\%)": [
             _cell(m, s)
             for m, s in zip(table["test_error_mean"], table["test_error_std"], strict=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scalelearn.cli import non_negative_int, positive_int
 from scalelearn.settings import MNIST_SOURCES
 
 SPLIT_HELP = (
@@ -61,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--width", required=True, type=float, help="distribution width b >= 1, e.g. 2.83, 4.76, 8"
     )
     scale.add_argument(
-        "--canvas", type=int, default=168, help="canvas size in pixels (default: %(default)s)"
+        "--canvas",
+        type=positive_int,
+        default=168,
+        help="canvas size in pixels (default: %(default)s)",
     )
     _dataset_arguments(scale, [10_000, 5_000, 50_000], "scale_distribution/b8/seed0.npz")
     scale.set_defaults(func=run_scale_distribution)
@@ -91,12 +95,12 @@ def _dataset_arguments(parser: argparse.ArgumentParser, split: list[int], exampl
         "--pool", required=True, type=Path, help="the pool .npz (scalelearn data pool)"
     )
     parser.add_argument(
-        "--seed", required=True, type=int, help="realisation seed (split and scales)"
+        "--seed", required=True, type=non_negative_int, help="realisation seed (split and scales)"
     )
     parser.add_argument(
         "--split",
         nargs=3,
-        type=int,
+        type=positive_int,
         metavar=("TRAIN", "VAL", "TEST"),
         default=split,
         help=SPLIT_HELP,

@@ -282,3 +282,68 @@ def load_dataset(path: str | os.PathLike) -> dict[str, np.ndarray]:
     from scalelearn.data.store import load_npz
 
     return load_npz(path, required=DATASET_KEYS)
+
+
+def _regenerate_hint(path) -> str:
+    json_path = os.path.splitext(path)[0] + ".json"
+    return (
+        f"delete {path} and {json_path} and run snakemake again to regenerate it "
+        "(or remake it with `scalelearn data`)"
+    )
+
+
+def _manifest_parameters(manifest: dict) -> dict:
+    """The parameters of a dataset manifest in the run config's terms (`dataset_params`)."""
+    parameters = manifest.get("parameters", {})
+    found = {
+        "protocol": manifest.get("protocol"),
+        "seed": manifest.get("seed"),
+        "splits": manifest.get("split_requested"),
+        "antialias": parameters.get("interpolation", {}).get("antialias"),
+    }
+    if manifest.get("protocol") == "scale_distribution":
+        found["width"] = parameters.get("width_b")
+        found["canvas"] = parameters.get("canvas")
+    else:
+        found["scale_min"], found["scale_max"] = parameters.get("scale_range", [None, None])
+    return found
+
+
+def _same(expected, found) -> bool:
+    if isinstance(expected, float) and isinstance(found, (int, float)):
+        return math.isclose(expected, found, rel_tol=1e-9)
+    return expected == found
+
+
+def verify_dataset(path: str | os.PathLike, expected: dict | None = None) -> dict:
+    """Check a dataset file against its manifest before anyone trains on it: the file's sha256
+    must be the manifest's, and the manifest's parameters must be `expected` (a run config's
+    `dataset_params`: protocol, seed, splits, antialias, and width + canvas or scale_min +
+    scale_max; keys not listed are not compared). Returns the manifest; raises ScalelearnError
+    saying how to regenerate the file."""
+    from scalelearn.data.store import manifest_path, read_manifest, sha256_file
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ScalelearnError(f"dataset {path} does not exist; build it first (snakemake does)")
+    manifest = read_manifest(path)
+    if "sha256" not in manifest:
+        raise ScalelearnError(
+            f"dataset {path} has no manifest with a sha256 ({manifest_path(path)}); "
+            + _regenerate_hint(path)
+        )
+    actual = sha256_file(path)
+    if actual != manifest["sha256"]:
+        raise ScalelearnError(
+            f"dataset {path} does not match its manifest (sha256 {actual[:12]}... != "
+            f"{manifest['sha256'][:12]}...): the file is corrupt or was replaced; "
+            + _regenerate_hint(path)
+        )
+    found = _manifest_parameters(manifest)
+    for key, value in (expected or {}).items():
+        if key in found and not _same(value, found[key]):
+            raise ScalelearnError(
+                f"dataset {path} was made with {key} = {found[key]!r}, but the run expects "
+                f"{value!r}; " + _regenerate_hint(path)
+            )
+    return manifest

@@ -254,9 +254,15 @@ def read_pool(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
 
     Returns (images uint8 [N, 28, 28], labels int64 [N], manifest).
     """
-    from scalelearn.data.store import load_npz, read_manifest
+    from scalelearn.data.store import load_npz, read_manifest, sha256_file
 
+    manifest = read_manifest(path)
+    if os.path.isfile(path) and "sha256" in manifest and sha256_file(path) != manifest["sha256"]:
+        raise ScalelearnError(
+            f"pool {path} does not match the sha256 of its manifest: the file is corrupt or was "
+            f"replaced; delete it and its .json and run snakemake again to regenerate it"
+        )
     arrays = load_npz(path, required=("images", "labels"))
     images, labels = arrays["images"], arrays["labels"].astype(np.int64)
     _check_pool(images, labels, str(path))
-    return images, labels, read_manifest(path)
+    return images, labels, manifest

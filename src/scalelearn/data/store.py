@@ -91,4 +91,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     json_path = manifest_path(path)
     if not json_path.is_file():
         return {}
-    return json.loads(json_path.read_text())
+    try:
+        return json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ScalelearnError(
+            f"manifest {json_path} is not valid JSON ({error}); delete it and {path} and "
+            "run snakemake again to regenerate them"
+        ) from None

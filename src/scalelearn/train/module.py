@@ -10,7 +10,6 @@ from torch import Tensor
 
 from scalelearn.data.loader import epoch_seed
 from scalelearn.data.rescale import random_rescale
-from scalelearn.errors import ScalelearnError
 from scalelearn.nn.models import build_model
 
 # SESN's "+" augmentation: a fresh random rescale per load of a training image.
@@ -79,24 +78,14 @@ class ScaleLearner(pl.LightningModule):
         images, labels = batch
         if self.train_cfg["augment"] == "rescale":
             images = self._augment(images, batch_idx)
-        loss = self._step((images, labels), "train")
-        if not torch.isfinite(loss):
-            raise ScalelearnError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch "
-                f"{batch_idx}; lower `train.lr`/`train.scale_lr` for this experiment"
-            )
-        return loss
+        return self._step((images, labels), "train")
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.internal_scales is None:
-            return
-        self.internal_scales.constrain_()
-        scales = self.internal_scales().detach()
-        if not torch.isfinite(scales).all():
-            raise ScalelearnError(
-                f"internal scales became non-finite ({scales.tolist()}) at epoch "
-                f"{self.current_epoch}; lower `train.scale_lr` or choose another `scale_mode`"
-            )
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Keep the scales positive and ordered where the parameterisation does not, right after
+        # each step; a non-finite loss or scale is then caught by the DivergenceGuard callback.
+        if self.internal_scales is not None:
+            self.internal_scales.constrain_()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

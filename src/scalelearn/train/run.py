@@ -1,13 +1,20 @@
-"""Train one run: read its dataset, fit with Lightning, select the best-validation checkpoint,
+"""Train one run: check its dataset, fit with Lightning, select the best-validation checkpoint,
 test it, and write the run folder (config.json, metrics.csv, summary.json, best.ckpt, last.ckpt).
 
-A run killed half-way resumes from `last.ckpt` when started again with the same folder.
+A run folder belongs to one resolved run config (its fingerprint, scalelearn.train.fingerprint):
+a run killed half-way resumes from `last.ckpt` when started again with the same config; run
+files of another config (or of none) are deleted first and the run starts fresh. Nothing in the
+folder points outside it, so a moved or copied results folder resumes from its own files.
+
+A run that diverges (DIVERGENCE in scalelearn.train.divergence) ends normally with
+`"status": "diverged"` and the reason in summary.json, and no test numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import sys
 import time
@@ -21,12 +28,21 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from scalelearn.allocator import reuse_freed_memory
 from scalelearn.atomic import atomic_path, write_text
-from scalelearn.data.datasets import load_dataset
+from scalelearn.data.datasets import load_dataset, verify_dataset
 from scalelearn.data.loader import Batches, train_statistics
 from scalelearn.data.store import write_json
 from scalelearn.errors import ScalelearnError
-from scalelearn.settings import AUGMENTS, TRAIN_DEFAULTS
+from scalelearn.experiments import check_run_config
+from scalelearn.settings import AUGMENTS, MODEL_DEFAULTS, TRAIN_DEFAULTS
+from scalelearn.train.divergence import Diverged, DivergenceGuard
+from scalelearn.train.fingerprint import run_fingerprint
 from scalelearn.train.module import ScaleLearner
+
+logger = logging.getLogger(__name__)
+
+# The files of a run (besides config.json); all deleted together when they belong to another
+# config. per_scale.csv is written later by `scalelearn evaluate` from best.ckpt.
+RUN_OUTPUTS = ("last.ckpt", "best.ckpt", "metrics.csv", "summary.json", "per_scale.csv")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -98,12 +114,92 @@ def resolve_train_config(train: dict) -> dict:
         raise ScalelearnError(
             f"train.augment is {cfg['augment']!r}; allowed: {', '.join(AUGMENTS)}"
         )
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 1:
-        raise ScalelearnError(
-            f"train.epochs and train.batch_size must be >= 1, got {cfg['epochs']}, "
-            f"{cfg['batch_size']}"
-        )
+    for key in ("epochs", "batch_size", "eval_batch_size", "threads"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ScalelearnError(f"train.{key} must be an integer >= 1, got {cfg[key]!r}")
     return cfg
+
+
+class RunFingerprint(Callback):
+    """Stores the run's fingerprint in every checkpoint, and refuses to restore another's."""
+
+    state_key = "RunFingerprint"
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+    def state_dict(self) -> dict:
+        return {"fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("fingerprint") != self.fingerprint:
+            raise ScalelearnError("checkpoint of another run config; delete it and start again")
+
+
+def checkpoint_fingerprint(path: Path) -> str | None:
+    """The fingerprint stored in a checkpoint (None: none, or not a readable checkpoint)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return checkpoint["callbacks"][RunFingerprint.state_key]["fingerprint"]
+    except Exception:  # noqa: BLE001 - any unreadable checkpoint is a stale one
+        return None
+
+
+def discard_stale_run(out: Path, fingerprint: str) -> None:
+    """Delete the run files in `out` unless its checkpoints carry `fingerprint`: a changed
+    config (or dataset) starts fresh instead of resuming, and no old metrics or summary stay."""
+    checkpoints = [out / name for name in ("last.ckpt", "best.ckpt") if (out / name).exists()]
+    found = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not found:
+        return
+    stale = [p.name for p in checkpoints if checkpoint_fingerprint(p) != fingerprint]
+    if checkpoints and not stale:
+        return
+    why = (
+        f"{', '.join(stale)} belong(s) to another run config or dataset"
+        if stale
+        else "there is no checkpoint to resume from"
+    )
+    logger.warning(
+        "%s: starting fresh, %s; deleting %s", out, why, ", ".join(p.name for p in found)
+    )
+    for path in found:
+        path.unlink()
+
+
+class FolderCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose state names files relative to the run folder.
+
+    Lightning stores absolute paths (dirpath, best_model_path, ...) in its state; restored in a
+    moved or copied folder they would point at the original folder's files (and a new best
+    would even delete the original's best.ckpt). Here the state holds file names only, and a
+    restore re-points them at the current folder.
+    """
+
+    _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        for key in self._PATH_KEYS:
+            state[key] = os.path.basename(state[key]) if state[key] else state[key]
+        state["dirpath"] = "."
+        state["best_k_models"] = {
+            os.path.basename(path): score for path, score in state["best_k_models"].items()
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        here = str(self.dirpath)
+        for key in self._PATH_KEYS:
+            if state.get(key):
+                state[key] = os.path.join(here, os.path.basename(state[key]))
+        state["dirpath"] = here
+        state["best_k_models"] = {
+            os.path.join(here, os.path.basename(path)): score
+            for path, score in state.get("best_k_models", {}).items()
+        }
+        super().load_state_dict(state)
 
 
 def make_loaders(dataset: dict, train: dict, seed: int) -> dict[str, Batches]:
@@ -129,7 +225,19 @@ class _EpochShuffle(Callback):
         self.loader.set_epoch(trainer.current_epoch)
 
 
-def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | None = None) -> dict:
+def resolve_run_config(run_config: dict) -> dict:
+    """The run config with every model and train default filled in, checked. The derived keys
+    (`dataset_sha256`, `fingerprint`) are dropped: train_run recomputes them."""
+    check_run_config(run_config)
+    resolved = {k: v for k, v in run_config.items() if k not in ("dataset_sha256", "fingerprint")}
+    model = run_config["model"]
+    resolved["model"] = {**MODEL_DEFAULTS[model["name"]], **model}
+    resolved["train"] = resolve_train_config(run_config.get("train", {}))
+    resolved["seed"] = int(run_config.get("seed", 0))
+    return resolved
+
+
+def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
     """Train the run described by `run_config` (as `scalelearn runs --show` prints it) into
     `out_dir`.
 
@@ -137,25 +245,27 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
     """
     started = time.time()
     reuse_freed_memory()
+    resolved = resolve_run_config(run_config)
+    train, seed = resolved["train"], resolved["seed"]
+    torch.set_num_threads(train["threads"])
+
+    dataset_path = resolved["dataset"]
+    manifest = verify_dataset(dataset_path, resolved.get("dataset_params"))
+    resolved["dataset_sha256"] = manifest["sha256"]
+    fingerprint = run_fingerprint(resolved)
+    resolved["fingerprint"] = fingerprint
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if threads:
-        torch.set_num_threads(threads)
-    train = resolve_train_config(run_config.get("train", {}))
-    seed = int(run_config.get("seed", 0))
-    resolved = {**run_config, "train": train}
+    discard_stale_run(out, fingerprint)
     write_json(out / "config.json", resolved)
 
-    dataset_path = run_config["dataset"]
-    if not Path(dataset_path).exists():
-        raise ScalelearnError(f"dataset {dataset_path} does not exist; build it first")
     dataset = load_dataset(dataset_path)
     mean, std = train_statistics(dataset["train_images"])
     loaders = make_loaders(dataset, train, seed)
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = ScaleLearner(run_config["model"], train, seed, mean, std)
-    best = ModelCheckpoint(
+    module = ScaleLearner(resolved["model"], train, seed, mean, std)
+    best = FolderCheckpoint(
         dirpath=out,
         filename="best",
         monitor="val_acc",
@@ -170,7 +280,14 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
         max_epochs=train["epochs"],
         accelerator=train["accelerator"],
         devices=1,
-        callbacks=[best, recorder, _EpochShuffle(loaders["train"])],
+        callbacks=[
+            best,
+            recorder,
+            # After the recorder: the epoch that diverged is in metrics.csv.
+            DivergenceGuard(max_scale=float(dataset["train_images"].shape[-1])),
+            RunFingerprint(fingerprint),
+            _EpochShuffle(loaders["train"]),
+        ],
         plugins=[AtomicCheckpointIO()],
         logger=False,
         default_root_dir=out,
@@ -184,21 +301,42 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
     # The run folder is also the checkpoint folder: it already holds config.json.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     last = out / "last.ckpt"
-    trainer.fit(
-        module,
-        train_dataloaders=loaders["train"],
-        val_dataloaders=loaders["val"],
-        ckpt_path=last if last.exists() else None,
-    )
-    best_path = Path(best.best_model_path)
+    labels = {
+        "experiment": resolved.get("experiment"),
+        "run_id": resolved.get("run_id"),
+        "grid": resolved.get("grid", {}),
+    }
+    try:
+        trainer.fit(
+            module,
+            train_dataloaders=loaders["train"],
+            val_dataloaders=loaders["val"],
+            ckpt_path=last if last.exists() else None,
+        )
+    except Diverged as diverged:
+        if not recorder.rows:
+            # metrics.csv is a declared job output: diverged in the first epoch, it has no rows.
+            write_text(out / "metrics.csv", "epoch\n")
+        summary = {
+            **labels,
+            "status": "diverged",
+            "reason": diverged.reason,
+            "diverged_epoch": diverged.epoch,
+            "epochs": train["epochs"],
+            "wall_time_s": time.time() - started,
+            "device": str(module.device),
+            "fingerprint": fingerprint,
+        }
+        write_json(out / "summary.json", summary)
+        return summary
+    best_path = out / "best.ckpt"
     test = trainer.test(module, dataloaders=loaders["test"], ckpt_path=best_path, verbose=False)[0]
     # trainer.test loaded the best weights into `module`: its scales are the reported ones.
     report = module.model.scale_report()
     best_epoch = int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"])
     summary = {
-        "experiment": run_config.get("experiment"),
-        "run_id": run_config.get("run_id"),
-        "grid": run_config.get("grid", {}),
+        **labels,
+        "status": "ok",
         "best_epoch": best_epoch,
         "best_val_acc": float(best.best_model_score),
         "test_acc": float(test["test_acc"]),
@@ -208,7 +346,7 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, *, threads: int | No
         "epochs": train["epochs"],
         "wall_time_s": time.time() - started,
         "device": str(module.device),
-        "status": "ok",
+        "fingerprint": fingerprint,
     }
     write_json(out / "summary.json", summary)
     return summary
