@@ -384,7 +384,7 @@ def test_plus_augmentation_is_seeded_fresh_per_batch_and_train_only(
         "train": {"epochs": 2, "batch_size": 40, "eval_batch_size": 40, "augment": "rescale",
                   "accelerator": "cpu"},
     }  # fmt: skip
-    run_module.train_run(config, tmp_path / "a", threads=1)
+    run_module.train_run(config, tmp_path / "a")
     first = list(calls)
     # 2 epochs x 3 train batches of 40; no call for the 1 val batch per epoch or the test batch.
     assert [shape for shape, _ in first] == [(40, 1, 28, 28)] * 6
@@ -392,8 +392,8 @@ def test_plus_augmentation_is_seeded_fresh_per_batch_and_train_only(
     assert float(factors.min()) >= 0.5 and float(factors.max()) <= 2.0
     assert len({tuple(f.tolist()) for f in factors}) == 6, "fresh factors for every batch"
     calls.clear()
-    run_module.train_run(config, tmp_path / "b", threads=1)
+    run_module.train_run(config, tmp_path / "b")
     assert torch.equal(torch.stack([f for _, f in calls]), factors), "seeded"
     calls.clear()
-    run_module.train_run({**config, "seed": 6}, tmp_path / "c", threads=1)
+    run_module.train_run({**config, "seed": 6}, tmp_path / "c")
     assert not torch.equal(torch.stack([f for _, f in calls]), factors), "seed-dependent"
