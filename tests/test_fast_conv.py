@@ -130,8 +130,9 @@ def test_models_give_the_same_logits_and_gradients(cfg, size):
         grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-9, atol=1e-12)
     assert grads[0].keys() == grads[1].keys()
-    assert {"internal_scales.sigma_basis", "internal_scales.theta"} <= grads[0].keys()
-    assert grads[1]["internal_scales.theta"].abs() > 1e-2
+    scale_keys = {"basis.internal_scales.sigma_basis", "basis.internal_scales.theta"}
+    assert scale_keys <= grads[0].keys()
+    assert grads[1]["basis.internal_scales.theta"].abs() > 1e-2
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-12)
 

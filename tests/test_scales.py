@@ -33,13 +33,18 @@ def test_learn_isr_mode_formula():
     assert module.isr() == pytest.approx(ratio**3, rel=1e-6)
 
 
-def test_learnable_parameters_per_mode():
-    assert not any(p.requires_grad for p in InternalScales("fixed").parameters())
-    assert [p.requires_grad for p in InternalScales("fixed", learn_sigma_basis=True).parameters()]
-    direct = InternalScales("direct", 3, learn_sigma_basis=True)
-    assert not direct.sigma_basis.requires_grad and direct.theta.shape == (3,)
-    assert InternalScales("ratio_squared", 4).theta.shape == (3,)
-    assert InternalScales("single_ratio_squared", 4).theta.shape == ()
+@pytest.mark.parametrize("learn_sigma_basis", [False, True])
+@pytest.mark.parametrize("mode", SCALE_MODES)
+def test_learnable_parameters_per_mode(mode, learn_sigma_basis):
+    """Exactly θ of the mode's shape (none for fixed) plus σ_b when learnable, except in direct
+    mode, where σ_b is unused and therefore always frozen."""
+    theta_shapes = {"direct": (4,), "ratio": (3,), "ratio_squared": (3,)}
+    module = InternalScales(mode, 4, learn_sigma_basis=learn_sigma_basis)
+    trainable = {n: tuple(p.shape) for n, p in module.named_parameters() if p.requires_grad}
+    expected = {} if mode == "fixed" else {"theta": theta_shapes.get(mode, ())}
+    if learn_sigma_basis and mode != "direct":
+        expected["sigma_basis"] = ()
+    assert trainable == expected
 
 
 def test_projection_keeps_scales_positive_and_ordered():

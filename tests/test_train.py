@@ -16,6 +16,7 @@ from scalelearn.errors import ScalelearnError
 from scalelearn.nn.models import build_model
 from scalelearn.train import run as run_module
 from scalelearn.train.cli import read_run_config
+from scalelearn.train.config import TrainConfig
 from scalelearn.train.module import main_lr_factor, scale_lr_factor
 
 RUN_FILES = {"config.json", "metrics.csv", "summary.json", "best.ckpt", "last.ckpt"}
@@ -136,6 +137,21 @@ def test_killed_run_resumes_to_the_same_numbers(tiny_dataset, tiny_run, tmp_path
         assert resumed[key] == summary[key], key
 
 
+def test_finished_run_started_again_writes_its_metrics_again(tiny_dataset, tiny_run, tmp_path):
+    """Snakemake deletes a job's outputs (metrics.csv) before running it again; a finished run
+    then trains no epoch but must still leave its metrics.csv, from the checkpoint's rows."""
+    import shutil
+
+    folder, summary = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy)
+    (copy / "metrics.csv").unlink()
+    (copy / "summary.json").unlink()
+    again = run_module.train_run(run_config(tiny_dataset), copy)
+    assert read_metrics(copy) == read_metrics(folder)
+    assert again["test_acc"] == summary["test_acc"]
+
+
 def test_non_finite_loss_marks_the_run_diverged(tiny_dataset, tmp_path):
     config = run_config(tiny_dataset, epochs=1, lr=1e30)
     summary = run_module.train_run(config, tmp_path)
@@ -145,13 +161,13 @@ def test_non_finite_loss_marks_the_run_diverged(tiny_dataset, tmp_path):
 
 
 def test_schedules_step_by_real_steps_per_epoch():
-    train = {
-        "lr_milestones": [20, 40],
-        "lr_gamma": 0.1,
-        "scale_warmup_epochs": 5,
-        "scale_lr_milestones": [20, 40],
-        "scale_lr_gamma": 0.75,
-    }
+    train = TrainConfig(
+        lr_milestones=[20, 40],
+        lr_gamma=0.1,
+        scale_warmup_epochs=5,
+        scale_lr_milestones=[20, 40],
+        scale_lr_gamma=0.75,
+    )
     steps = 79  # 10,000 images, batch 128
     main = [main_lr_factor(e * steps, steps, train) for e in (0, 19, 20, 39, 40, 59)]
     assert main == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])

@@ -5,6 +5,7 @@ failures (issue 6)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import tomllib
 import yaml
+
+from scalelearn.experiments import experiment_runs, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -269,3 +273,60 @@ def test_same_command_recovers_from_failures(finished_preset, tmp_path):
     assert e2["status"].tolist() == ["diverged"]
     learned = pd.read_csv(results / "tables/e2_learned.csv")
     assert learned[["n_runs", "n_failed"]].iloc[0].tolist() == [0, 1]
+
+
+def run_summaries(workdir: Path, experiment: str) -> pd.DataFrame:
+    """One row per run the config lists: its grid point and its summary.json."""
+    config = load_config(workdir / "config/test.yaml")
+    rows = []
+    for run in experiment_runs(config, experiment):
+        summary = json.loads((workdir / run.summary).read_text())
+        assert summary["status"] == "ok", run.run_id
+        rows.append({**{f"grid_{k}": v for k, v in run.config["grid"].items()}, **summary})
+    return pd.DataFrame(rows)
+
+
+def per_width(frame: pd.DataFrame, column: str = "width") -> pd.Series:
+    return frame[column].round(6)
+
+
+def test_finished_preset_tables_agree_with_run_summaries(finished_preset):
+    """Every cell of the E1 and E2 tables recomputed from the runs' summary.json files."""
+    e1 = run_summaries(finished_preset, "e1")
+    expected = (
+        e1.assign(width=per_width(e1, "grid_width"), isr=e1["grid_isr"])
+        .groupby(["width", "isr"])["test_error"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
+    table = pd.read_csv(finished_preset / "results/tables/e1_isr.csv")
+    table["width"] = per_width(table)
+    merged = table.merge(expected, on=["width", "isr"], how="outer", validate="one_to_one")
+    assert (
+        len(merged) == len(table) == len(expected) == e1.groupby(["grid_width", "grid_isr"]).ngroups
+    )
+    assert (merged["n_runs"] == merged["count"]).all()
+    assert merged["n_runs"].sum() == len(e1)
+    assert np.allclose(merged["test_error_mean"], merged["mean"], rtol=1e-9)
+    assert np.allclose(merged["test_error_std"], merged["std"], rtol=1e-9, equal_nan=True)
+    best = expected.loc[expected.groupby("width")["mean"].idxmin(), ["width", "isr"]]
+    flagged = table.loc[table["best"].astype(bool), ["width", "isr"]]
+    assert sorted(map(tuple, flagged.to_numpy())) == sorted(map(tuple, best.to_numpy()))
+
+    e2 = run_summaries(finished_preset, "e2").assign(width=lambda f: per_width(f, "grid_width"))
+    learned = pd.read_csv(finished_preset / "results/tables/e2_learned.csv")
+    learned["width"] = per_width(learned)
+    assert sorted(learned["width"]) == sorted(e2["width"].unique())
+    for _, row in learned.iterrows():
+        runs = e2[e2["width"] == row["width"]]
+        assert row["n_runs"] == len(runs)
+        for column in ("test_error", "isr", "sigma_basis"):
+            assert np.isclose(row[f"{column}_mean"], runs[column].mean(), rtol=1e-9), column
+        scales = np.mean(runs["internal_scales"].tolist(), axis=0)
+        assert np.allclose([row[f"scale_{i}"] for i in range(len(scales))], scales, rtol=1e-9)
+        fixed = best[best["width"] == row["width"]]
+        assert row["best_fixed_isr"] == fixed["isr"].item()
+        reference = expected[
+            (expected["width"] == row["width"]) & (expected["isr"] == row["best_fixed_isr"])
+        ]
+        assert np.isclose(row["best_fixed_error_mean"], reference["mean"].item(), rtol=1e-9)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from scalelearn.analysis import registry
 from scalelearn.errors import ScalelearnError
 from scalelearn.settings import (
     SCHEMA_PATH,  # noqa: F401 (re-exported for the Snakefile: sl.SCHEMA_PATH)
@@ -71,11 +72,10 @@ RUN_ID_PREFIX = {
 def config_schema() -> dict:
     """The schema, with the analysis names of scalelearn.analysis.registry as the enum of
     `experiments.<name>.analyses` (the registry is their one source)."""
-    from scalelearn.analysis.registry import ANALYSES
 
     schema = copy.deepcopy(load_schema())
     experiment = schema["properties"]["experiments"]["additionalProperties"]
-    experiment["properties"]["analyses"]["items"] = {"enum": list(ANALYSES)}
+    experiment["properties"]["analyses"]["items"] = {"enum": list(registry.ANALYSES)}
     return schema
 
 
@@ -229,10 +229,18 @@ def _check_semantics(config: dict) -> None:
                 f"config key experiments.{name}.compare_with: invalid value {other!r} ({why}); "
                 f"allowed: one of {', '.join(repr(e) for e in experiments if e != name)}"
             )
-    # Each analysis fits the experiments that ask for it (scalelearn.analysis.registry).
-    from scalelearn.analysis.registry import check_config
-
-    check_config(config)
+    # Each analysis fits the experiments that ask for it.
+    registry.check_config(config)
+    for name, experiment in experiments.items():
+        other = experiment.get("compare_with")
+        users = [a for a in experiment.get("analyses", []) if registry.get(a).compare_with]
+        if other is not None and not users:
+            raise ScalelearnError(
+                f"config key experiments.{name}.compare_with: invalid value {other!r}: "
+                "compare_with is not used by any analysis of this experiment; remove it or add "
+                "one that compares: "
+                + ", ".join(n for n, a in registry.ANALYSES.items() if a.compare_with)
+            )
     names = [
         scale_distribution_name(2.0**o)
         for o in config["datasets"]["scale_distribution"]["widths_octaves"]

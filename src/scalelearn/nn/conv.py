@@ -4,6 +4,9 @@ Weights W[Cout, Cin, F] are shared by all scales; the filter at scale s is
 κ_s = Σ_f W[…, f] · basis[f, s]. Two implementations give the same numbers:
 - `dense`: the reference, as in the authors' code: one conv2d with the zero-padded K×K kernels.
 - `fast`: per layer shape the fastest of three exact methods (scalelearn.nn.fast_conv), the default.
+
+The layers are self-contained modules (`forward(x)`): each holds the network's SharedBasis and asks
+it for the basis, which is computed once per forward pass for all of them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import Tensor, nn
 
 from scalelearn.nn import fast_conv
 from scalelearn.nn.hermite import ScaleBasis
+from scalelearn.nn.shared_basis import SharedBasis
 
 
 def multiscale_kernel(weight: Tensor, basis: ScaleBasis) -> Tensor:
@@ -54,42 +58,84 @@ IMPLEMENTATIONS = {
 
 
 class _ScaleConv(nn.Module):
+    """Weights W [Cout, Cin, F] over the functions of a SharedBasis, shared by all scales."""
+
     _which = 0  # index into the (z2h, h2h) pair of IMPLEMENTATIONS
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        num_functions: int,
+        basis: SharedBasis,
         bias: bool = False,
-        implementation: str = "dense",
+        implementation: str = "fast",
     ):
         super().__init__()
+        if not isinstance(basis, SharedBasis):
+            raise TypeError(
+                f"basis must be a scalelearn.nn.SharedBasis, got {type(basis).__name__}; build "
+                f"one per network, SharedBasis(InternalScales(...), HermiteBasis(...)), and pass "
+                f"it to every layer"
+            )
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"unknown implementation {implementation!r}; allowed: {', '.join(IMPLEMENTATIONS)}"
             )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
         self.implementation = implementation
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, num_functions))
+        self.basis = basis
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, basis.num_functions))
         # SESN's initialisation: fan-in = Cin·F.
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x: Tensor, basis: ScaleBasis) -> Tensor:
-        y = IMPLEMENTATIONS[self.implementation][self._which](x, self.weight, basis)
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        y = IMPLEMENTATIONS[self.implementation][self._which](x, self.weight, self.basis())
         if self.bias is not None:
             y = y + self.bias[:, None, None, None]
         return y
 
+    def _check_input(self, x: Tensor) -> None:
+        scales = self.basis.num_scales
+        expected = [self.in_channels] if self._which == 0 else [self.in_channels, scales]
+        if x.dim() != 3 + len(expected) or list(x.shape[1 : len(expected) + 1]) != expected:
+            shape = "[B, Cin, H, W]" if self._which == 0 else "[B, Cin, S, H, W]"
+            raise ValueError(
+                f"{self._get_name()} expects x of shape {shape} with Cin = {self.in_channels}"
+                + (f", S = {scales}" if self._which == 1 else "")
+                + f"; got {tuple(x.shape)}"
+            )
+
+    def __repr__(self) -> str:
+        # One line: the shared basis is a submodule of every layer, and printing it again inside
+        # each would bury the network; the line already names its basis, scales, ISR and K.
+        return f"{self._get_name()}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        hermite = self.basis.hermite
+        return (
+            f"{self.in_channels}, {self.out_channels}, basis={hermite.basis_type} "
+            f"(effective_size {hermite.effective_size}, F={self.basis.num_functions}), "
+            f"{self.basis.extra_repr()}, bias={self.bias is not None}, "
+            f"implementation={self.implementation}"
+        )
+
 
 class ScaleConvZ2H(_ScaleConv):
-    """Lifting layer: [B, Cin, H, W] -> [B, Cout, S, H, W]."""
+    """Lifting layer (SESN's SESConv_Z2_H): [B, Cin, H, W] -> [B, Cout, S, H, W].
+
+    y[:, :, s] = x ⋆ κ_s with κ_s = Σ_f W[…, f] · basis[f, s] (SPEC §4), zero padding K//2,
+    stride 1; `bias` adds one value per output channel. `basis` is the network's SharedBasis.
+    """
 
     _which = 0
 
 
 class ScaleConvH2H(_ScaleConv):
-    """Scale-group layer, scale_size 1: [B, Cin, S, H, W] -> [B, Cout, S, H, W]."""
+    """Scale-to-scale layer (SESN's SESConv_H_H, scale_size 1): [B, Cin, S, H, W] ->
+    [B, Cout, S, H, W], y_s = x_s ⋆ κ_s (no mixing across scales)."""
 
     _which = 1
 
@@ -102,3 +148,10 @@ def scale_max_projection(x: Tensor) -> Tensor:
     ties (measured: about a third less time in the toy model's backward).
     """
     return x.max(dim=2).values
+
+
+class ScaleMaxProjection(nn.Module):
+    """Max over the scale axis (SESN's SESMaxProjection): [B, C, S, H, W] -> [B, C, H, W]."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return scale_max_projection(x)

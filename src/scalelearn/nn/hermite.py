@@ -126,6 +126,7 @@ class HermiteBasis(nn.Module):
         profile_keys = sorted({(j, m) for _, j, m in orders} | {(i, m) for i, _, m in orders})
         position = {key: p for p, key in enumerate(profile_keys)}
         self.basis_type = basis
+        self.effective_size = effective_size
         self.kernel_size_k = kernel_size_k
         self.mult = mult
         self.max_order = max(n for n, _ in profile_keys)
@@ -137,6 +138,13 @@ class HermiteBasis(nn.Module):
     @property
     def num_functions(self) -> int:
         return self.row_index.numel()
+
+    def extra_repr(self) -> str:
+        text = f"{self.basis_type}, effective_size={self.effective_size}, F={self.num_functions}"
+        text += f", kernel_size_k={self.kernel_size_k}"
+        if self.basis_type == "hermite_b":
+            text += f", mult={self.mult}, max_order={self.max_order}"
+        return text
 
     def forward(self, scales: Tensor) -> ScaleBasis:
         """scales: [S] positive internal scales -> ScaleBasis with profiles [S, P, K]."""

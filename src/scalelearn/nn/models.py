@@ -1,43 +1,161 @@
 """The networks of the paper (SPEC §5): the toy model of E1–E4, the SESN MNIST-Scale network of E5,
-and a plain-CNN baseline with the same head.
+and a plain-CNN baseline with the same head; and their typed configs.
 
-Scale-equivariant networks own one InternalScales module and one HermiteBasis: the basis is
-computed once per forward pass from the current scales and used by every layer.
+They are built from the public layers of scalelearn.nn, as a user would build their own network:
+one InternalScales and one HermiteBasis per network, joined in one SharedBasis that every
+scale-equivariant layer holds; the basis is computed once per forward pass.
+
+Each config dataclass has one field per key of a config's `model:` section (the YAML maps onto it
+one to one); its defaults are MODEL_DEFAULTS[name].
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, scale_max_projection
-from scalelearn.nn.hermite import HermiteBasis, ScaleBasis, kernel_size
+from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, ScaleMaxProjection
+from scalelearn.nn.hermite import HermiteBasis, kernel_size
 from scalelearn.nn.scales import InternalScales
+from scalelearn.nn.shared_basis import SharedBasis
 from scalelearn.settings import MODEL_DEFAULTS
 
 
+def _check_name(config) -> None:
+    """A config class serves one network: its `name` must be that network's."""
+    expected = type(config).__dataclass_fields__["name"].default
+    if isinstance(expected, str) and config.name != expected:
+        raise ValueError(
+            f"{type(config).__name__} is the config of model {expected!r}, got name {config.name!r}"
+        )
+
+
+def _toy(key: str):
+    return MODEL_DEFAULTS["toy"][key]
+
+
+def _sesn(key: str):
+    return MODEL_DEFAULTS["sesn"][key]
+
+
+@dataclass(frozen=True)
+class ScaleNetConfig:
+    """The `model:` keys of a scale-equivariant network (SPEC §2–§5).
+
+    name: the network, "toy" (ToyModel) or "sesn" (SESNNet).
+    basis: Hermite basis variant, "hermite_a" or "hermite_b" (SPEC §2).
+    effective_size: eff; the basis has F = eff² functions.
+    num_scales: N, the number of internal scales.
+    scale_mode: parameterisation of the internal scales (SPEC §3, table in scalelearn.nn.scales):
+        fixed, direct, ratio, ratio_squared, single_ratio, single_ratio_squared ("learn ISR").
+    sigma_basis: σ_b, the smallest internal scale at initialisation, in pixels of the input.
+    isr: internal scale range σ_max / σ_min at initialisation.
+    learn_sigma_basis: train σ_b too (ignored in `direct` mode, where σ_b is unused).
+    kernel_size_k: k of the kernel size K = max(3, 2·⌈k·σ_max⌉ + 1).
+    basis_mult: divisor of hermite_b's sub-sigmas σ / mult^m.
+    basis_max_order: hermite_b's maximum total order i + j.
+    implementation: "fast" (default) or "dense" (the reference); the same numbers.
+    """
+
+    name: str
+    basis: str
+    effective_size: int
+    num_scales: int
+    scale_mode: str
+    sigma_basis: float
+    isr: float
+    learn_sigma_basis: bool
+    kernel_size_k: float
+    basis_mult: float
+    basis_max_order: int
+    implementation: str
+
+    def __post_init__(self):
+        _check_name(self)
+
+    def shared_basis(self) -> SharedBasis:
+        """A new SharedBasis (InternalScales + HermiteBasis) as this config describes."""
+        scales = InternalScales(
+            self.scale_mode, self.num_scales, self.sigma_basis, self.isr, self.learn_sigma_basis
+        )
+        hermite = HermiteBasis(
+            self.basis,
+            self.effective_size,
+            self.kernel_size_k,
+            self.basis_mult,
+            self.basis_max_order,
+        )
+        return SharedBasis(scales, hermite)
+
+
+@dataclass(frozen=True)
+class ToyConfig(ScaleNetConfig):
+    """ToyModel's config (E1–E4); defaults MODEL_DEFAULTS["toy"]. Fields: see ScaleNetConfig."""
+
+    name: str = _toy("name")
+    basis: str = _toy("basis")
+    effective_size: int = _toy("effective_size")
+    num_scales: int = _toy("num_scales")
+    scale_mode: str = _toy("scale_mode")
+    sigma_basis: float = _toy("sigma_basis")
+    isr: float = _toy("isr")
+    learn_sigma_basis: bool = _toy("learn_sigma_basis")
+    kernel_size_k: float = _toy("kernel_size_k")
+    basis_mult: float = _toy("basis_mult")
+    basis_max_order: int = _toy("basis_max_order")
+    implementation: str = _toy("implementation")
+
+
+@dataclass(frozen=True)
+class SESNConfig(ScaleNetConfig):
+    """SESNNet's config (E5); defaults MODEL_DEFAULTS["sesn"]. Fields: see ScaleNetConfig."""
+
+    name: str = _sesn("name")
+    basis: str = _sesn("basis")
+    effective_size: int = _sesn("effective_size")
+    num_scales: int = _sesn("num_scales")
+    scale_mode: str = _sesn("scale_mode")
+    sigma_basis: float = _sesn("sigma_basis")
+    isr: float = _sesn("isr")
+    learn_sigma_basis: bool = _sesn("learn_sigma_basis")
+    kernel_size_k: float = _sesn("kernel_size_k")
+    basis_mult: float = _sesn("basis_mult")
+    basis_max_order: int = _sesn("basis_max_order")
+    implementation: str = _sesn("implementation")
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """CNNBaseline's config; defaults MODEL_DEFAULTS["cnn"].
+
+    name: "cnn".
+    kernel_size: side of every Conv2d kernel.
+    """
+
+    name: str = MODEL_DEFAULTS["cnn"]["name"]
+    kernel_size: int = MODEL_DEFAULTS["cnn"]["kernel_size"]
+
+    def __post_init__(self):
+        _check_name(self)
+
+
+ModelConfig = ToyConfig | SESNConfig | CNNConfig
+
+
 class ScaleEquivariantNet(nn.Module):
-    """Base of the networks with learnable internal scales."""
+    """Base of the networks with learnable internal scales: owns the network's SharedBasis."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, config: ScaleNetConfig):
         super().__init__()
-        self.internal_scales = InternalScales(
-            cfg["scale_mode"],
-            cfg["num_scales"],
-            cfg["sigma_basis"],
-            cfg["isr"],
-            cfg["learn_sigma_basis"],
-        )
-        self.basis = HermiteBasis(
-            cfg["basis"],
-            cfg["effective_size"],
-            cfg["kernel_size_k"],
-            cfg["basis_mult"],
-            cfg["basis_max_order"],
-        )
+        self.config = config
+        self.basis = config.shared_basis()
+        self._register_load_state_dict_pre_hook(_from_previous_layout, with_module=True)
 
-    def current_basis(self) -> ScaleBasis:
-        return self.basis(self.internal_scales())
+    @property
+    def internal_scales(self) -> InternalScales:
+        return self.basis.internal_scales
 
     def scale_report(self) -> dict:
         """Internal scales, σ_b, ISR and K as plain numbers (for metrics and summaries)."""
@@ -46,8 +164,31 @@ class ScaleEquivariantNet(nn.Module):
             "internal_scales": [float(s) for s in scales],
             "sigma_basis": float(scales.min()),
             "isr": float(scales.max() / scales.min()),
-            "kernel_size": kernel_size(scales, self.basis.kernel_size_k),
+            "kernel_size": kernel_size(scales, self.basis.hermite.kernel_size_k),
         }
+
+
+def _from_previous_layout(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+):
+    """Reads checkpoints written before the layers shared a SharedBasis: there the network held
+    `internal_scales.*` and `basis.*` (the HermiteBasis buffers) itself and its layers held no
+    copy. Each old entry goes to every path the shared module now has (`basis.`, `conv.basis.`)."""
+    old_scales = [k for k in state_dict if k.startswith(prefix + "internal_scales.")]
+    if not old_scales:
+        return
+    old_buffers = [k for k in state_dict if k.startswith(prefix + "basis.")]
+    paths = [
+        name + "."
+        for name, child in module.named_modules(remove_duplicate=False)
+        if child is module.basis
+    ]
+    for key in old_scales + old_buffers:
+        value = state_dict.pop(key)
+        name = key[len(prefix) :].split(".", 1)[1]
+        part = "internal_scales." if key in old_scales else "hermite."
+        for path in paths:
+            state_dict[f"{prefix}{path}{part}{name}"] = value
 
 
 class ToyModel(ScaleEquivariantNet):
@@ -58,17 +199,17 @@ class ToyModel(ScaleEquivariantNet):
     pool so smaller canvases (CI) keep the same head.
     """
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        functions = self.basis.num_functions
-        self.conv = ScaleConvZ2H(1, 16, functions, bias=False, implementation=cfg["implementation"])
+    def __init__(self, config: ToyConfig | None = None):
+        config = config or ToyConfig()
+        super().__init__(config)
+        self.conv = ScaleConvZ2H(1, 16, self.basis, False, config.implementation)
+        self.projection = ScaleMaxProjection()
         self.bn = nn.BatchNorm2d(16)
         self.pool = nn.AdaptiveMaxPool2d(4)
         self.fc = nn.Linear(16 * 4 * 4, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        basis = self.current_basis()
-        x = F.relu(scale_max_projection(self.conv(x, basis)))
+        x = F.relu(self.projection(self.conv(x)))
         x = self.pool(self.bn(x))
         return self.fc(x.flatten(1))
 
@@ -101,15 +242,17 @@ class SESNNet(ScaleEquivariantNet):
 
     channels = (32, 63, 95)
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
+    def __init__(self, config: SESNConfig | None = None):
+        config = config or SESNConfig()
+        super().__init__(config)
         c1, c2, c3 = self.channels
-        functions, impl = self.basis.num_functions, cfg["implementation"]
-        self.conv1 = ScaleConvZ2H(1, c1, functions, bias=True, implementation=impl)
-        self.conv2 = ScaleConvH2H(c1, c2, functions, bias=True, implementation=impl)
-        self.conv3 = ScaleConvH2H(c2, c3, functions, bias=True, implementation=impl)
+        basis, impl = self.basis, config.implementation
+        self.conv1 = ScaleConvZ2H(1, c1, basis, True, impl)
+        self.conv2 = ScaleConvH2H(c1, c2, basis, True, impl)
+        self.conv3 = ScaleConvH2H(c2, c3, basis, True, impl)
         self.bn1 = nn.BatchNorm3d(c1)
         self.bn2 = nn.BatchNorm3d(c2)
+        self.projection = ScaleMaxProjection()
         self.head = nn.Sequential(*_head(c3))
 
     @staticmethod
@@ -117,11 +260,10 @@ class SESNNet(ScaleEquivariantNet):
         return F.max_pool3d(x, (1, 2, 2))
 
     def forward(self, x: Tensor) -> Tensor:
-        basis = self.current_basis()
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = self.bn1(self._pool(F.relu(self.conv1(x, basis))))
-        x = self.bn2(self._pool(F.relu(self.conv2(x, basis))))
-        x = F.relu(scale_max_projection(self.conv3(x, basis)))
+        x = self.bn1(self._pool(F.relu(self.conv1(x))))
+        x = self.bn2(self._pool(F.relu(self.conv2(x))))
+        x = F.relu(self.projection(self.conv3(x)))
         return self.head(x)
 
 
@@ -130,10 +272,11 @@ class CNNBaseline(nn.Module):
 
     internal_scales = None
 
-    def __init__(self, cfg: dict):
+    def __init__(self, config: CNNConfig | None = None):
         super().__init__()
+        self.config = config = config or CNNConfig()
         c1, c2, c3 = SESNNet.channels
-        k = cfg["kernel_size"]
+        k = config.kernel_size
         self.features = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(1, c1, k, padding=k // 2),
@@ -156,12 +299,41 @@ class CNNBaseline(nn.Module):
         return {}
 
 
-MODELS = {"toy": ToyModel, "sesn": SESNNet, "cnn": CNNBaseline}
+# name -> (network, its config)
+MODELS = {
+    "toy": (ToyModel, ToyConfig),
+    "sesn": (SESNNet, SESNConfig),
+    "cnn": (CNNBaseline, CNNConfig),
+}
 
 
-def build_model(cfg: dict) -> nn.Module:
-    """A model from its config (MODEL_DEFAULTS[name] updated with `cfg`)."""
+def model_config(cfg: dict | ModelConfig) -> ModelConfig:
+    """The typed config of a `model:` section: MODEL_DEFAULTS[cfg["name"]] updated with `cfg`.
+
+    Raises ValueError naming an unknown model name or key.
+    """
+    if not isinstance(cfg, dict):
+        return cfg
     name = cfg.get("name")
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; allowed: {', '.join(MODELS)}")
-    return MODELS[name]({**MODEL_DEFAULTS[name], **cfg})
+    config_class = MODELS[name][1]
+    allowed = [f.name for f in fields(config_class)]
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown keys {unknown} for model {name!r}; allowed: {', '.join(allowed)}"
+        )
+    return config_class(**cfg)
+
+
+def build_model(cfg: dict | ModelConfig) -> nn.Module:
+    """A model from its config: a `model:` mapping (MODEL_DEFAULTS[name] updated with it) or a
+    ToyConfig / SESNConfig / CNNConfig."""
+    config = model_config(cfg)
+    return MODELS[config.name][0](config)
+
+
+def config_dict(config: ModelConfig) -> dict:
+    """The `model:` mapping of a typed config (the inverse of model_config)."""
+    return asdict(config)

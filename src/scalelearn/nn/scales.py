@@ -95,6 +95,13 @@ class InternalScales(nn.Module):
             return sigma_b * (1 + F.leaky_relu(theta)) ** self.exponents
         return sigma_b * (1 + theta * theta) ** self.exponents
 
+    def extra_repr(self) -> str:
+        with torch.no_grad():
+            scales = self.forward()
+        values = ", ".join(f"{float(v):.4g}" for v in scales)
+        learned = "sigma_basis learned" if self.sigma_basis.requires_grad else "sigma_basis frozen"
+        return f"{self.mode}, num_scales={self.num_scales}, scales=[{values}], {learned}"
+
     def isr(self) -> float:
         scales = self.forward().detach()
         return float(scales.max() / scales.min())

@@ -10,7 +10,8 @@ from torch import Tensor
 
 from scalelearn.data.loader import epoch_seed
 from scalelearn.data.rescale import random_rescale
-from scalelearn.nn.models import build_model
+from scalelearn.nn.models import ModelConfig, build_model, config_dict, model_config
+from scalelearn.train.config import TrainConfig
 
 # SESN's "+" augmentation: a fresh random rescale per load of a training image.
 AUGMENT_SCALE_RANGE = (0.5, 2.0)
@@ -21,28 +22,45 @@ def step_decay(epoch: float, milestones: list[int], gamma: float) -> float:
     return gamma ** sum(epoch >= m for m in milestones)
 
 
-def main_lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
-    return step_decay(step / steps_per_epoch, train["lr_milestones"], train["lr_gamma"])
+def main_lr_factor(step: int, steps_per_epoch: int, train: TrainConfig) -> float:
+    return step_decay(step / steps_per_epoch, train.lr_milestones, train.lr_gamma)
 
 
-def scale_lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
+def scale_lr_factor(step: int, steps_per_epoch: int, train: TrainConfig) -> float:
     """Linear warm-up from 0 over `scale_warmup_epochs`, then step decay at the milestones."""
     epoch = step / steps_per_epoch
-    warmup = train["scale_warmup_epochs"]
+    warmup = train.scale_warmup_epochs
     ramp = min(1.0, epoch / warmup) if warmup > 0 else 1.0
-    return ramp * step_decay(epoch, train["scale_lr_milestones"], train["scale_lr_gamma"])
+    return ramp * step_decay(epoch, train.scale_lr_milestones, train.scale_lr_gamma)
 
 
 class ScaleLearner(pl.LightningModule):
-    """Classifier training for one run config (its `model` and resolved `train` sections).
+    """Classifier training of one network (SPEC §6).
 
-    Batches arrive as uint8 images [B, 1, H, W] and int64 labels [B]; `mean`/`std` are the
-    train-split statistics of images / 255.
+    model: the network's config, a ModelConfig (ToyConfig, SESNConfig, CNNConfig) or a `model:`
+        mapping. train: a TrainConfig or a `train:` mapping (missing keys take their defaults).
+    seed: seeds the "+" augmentation draws. mean, std: the train-split statistics of images / 255
+        (ScaleDataModule.mean / .std).
+    Batches arrive as uint8 images [B, 1, H, W] and int64 labels [B] (ScaleDataModule's).
     """
 
-    def __init__(self, model: dict, train: dict, seed: int, mean: float, std: float):
+    def __init__(
+        self,
+        model: ModelConfig | dict,
+        train: TrainConfig | dict | None = None,
+        seed: int = 0,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ):
         super().__init__()
-        self.save_hyperparameters()
+        model = model_config(model)
+        if not isinstance(train, TrainConfig):
+            train = TrainConfig.from_dict(train or {})
+        # Plain mappings in the checkpoint: loading it needs no scalelearn classes.
+        self.save_hyperparameters(
+            {"model": config_dict(model), "train": train.to_dict(), "seed": seed}
+            | {"mean": float(mean), "std": float(std)}
+        )
         self.model = build_model(model)
         self.train_cfg = train
         self.seed = seed
@@ -76,7 +94,7 @@ class ScaleLearner(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels = batch
-        if self.train_cfg["augment"] == "rescale":
+        if self.train_cfg.augment == "rescale":
             images = self._augment(images, batch_idx)
         return self._step((images, labels), "train")
 
@@ -102,15 +120,15 @@ class ScaleLearner(pl.LightningModule):
         main_params = [
             p for p in self.model.parameters() if p.requires_grad and id(p) not in scale_ids
         ]
-        groups = [{"params": main_params, "lr": train["lr"], "name": "main"}]
+        groups = [{"params": main_params, "lr": train.lr, "name": "main"}]
         lambdas = [main_lr_factor]
         if scale_params:
-            groups.append({"params": scale_params, "lr": train["scale_lr"], "name": "scales"})
+            groups.append({"params": scale_params, "lr": train.scale_lr, "name": "scales"})
             lambdas.append(scale_lr_factor)
         optimizer = torch.optim.Adam(groups)
         # The schedules are defined in epochs; step them per optimiser step with the real number
         # of steps per epoch of this dataset (the authors hard-coded a dataset size).
-        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // train["epochs"])
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // train.epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, [lambda step, f=f: f(step, steps_per_epoch, train) for f in lambdas]
         )

@@ -28,12 +28,12 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from scalelearn.allocator import reuse_freed_memory
 from scalelearn.atomic import atomic_path, write_text
-from scalelearn.data.datasets import load_dataset, verify_dataset
-from scalelearn.data.loader import Batches, train_statistics
+from scalelearn.data.datasets import verify_dataset
 from scalelearn.data.store import write_json
 from scalelearn.errors import ScalelearnError
 from scalelearn.experiments import check_run_config
 from scalelearn.settings import AUGMENTS, MODEL_DEFAULTS, TRAIN_DEFAULTS
+from scalelearn.train.datamodule import ScaleDataModule
 from scalelearn.train.divergence import Diverged, DivergenceGuard
 from scalelearn.train.fingerprint import run_fingerprint
 from scalelearn.train.module import ScaleLearner
@@ -92,6 +92,12 @@ class EpochRecorder(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
+
+    def on_fit_end(self, trainer, module) -> None:
+        # A run resumed at max_epochs trains no epoch, but Snakemake removed metrics.csv (a job
+        # output) before the job: the rows restored from the checkpoint write it again.
+        if self.rows:
+            write_csv(self.path, self.rows)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -202,29 +208,6 @@ class FolderCheckpoint(ModelCheckpoint):
         super().load_state_dict(state)
 
 
-def make_loaders(dataset: dict, train: dict, seed: int) -> dict[str, Batches]:
-    """uint8 tensors in memory; shuffled (seeded per epoch) for training only."""
-    loaders = {}
-    for split in ("train", "val", "test"):
-        images = torch.from_numpy(dataset[f"{split}_images"])
-        labels = torch.from_numpy(dataset[f"{split}_labels"])
-        if split == "train":
-            loaders[split] = Batches(images, labels, train["batch_size"], shuffle=True, seed=seed)
-        else:
-            loaders[split] = Batches(images, labels, train["eval_batch_size"])
-    return loaders
-
-
-class _EpochShuffle(Callback):
-    """Tells the train loader which epoch it is, so its order depends on (seed, epoch) only."""
-
-    def __init__(self, loader: Batches):
-        self.loader = loader
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self.loader.set_epoch(trainer.current_epoch)
-
-
 def resolve_run_config(run_config: dict) -> dict:
     """The run config with every model and train default filled in, checked. The derived keys
     (`dataset_sha256`, `fingerprint`) are dropped: train_run recomputes them."""
@@ -259,20 +242,23 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
     discard_stale_run(out, fingerprint)
     write_json(out / "config.json", resolved)
 
-    dataset = load_dataset(dataset_path)
-    mean, std = train_statistics(dataset["train_images"])
-    loaders = make_loaders(dataset, train, seed)
+    data = ScaleDataModule(dataset_path, train["batch_size"], train["eval_batch_size"], seed)
+    data.setup()
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = ScaleLearner(resolved["model"], train, seed, mean, std)
+    module = ScaleLearner(resolved["model"], train, seed, data.mean, data.std)
     best = FolderCheckpoint(
         dirpath=out,
         filename="best",
         monitor="val_acc",
         mode="max",
         save_top_k=1,
-        save_last=True,
         enable_version_counter=False,
+    )
+    # Its own callback: Lightning 2.6's `save_last` rewrites last.ckpt only in the epochs that
+    # improve the best one, which leaves a stale last.ckpt (and a resume from an old epoch).
+    latest = FolderCheckpoint(
+        dirpath=out, filename="last", save_top_k=1, enable_version_counter=False
     )
     recorder = EpochRecorder(out / "metrics.csv")
     on_cpu = train["accelerator"] == "cpu" or not torch.cuda.is_available()
@@ -282,11 +268,11 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
         devices=1,
         callbacks=[
             best,
+            latest,
             recorder,
             # After the recorder: the epoch that diverged is in metrics.csv.
-            DivergenceGuard(max_scale=float(dataset["train_images"].shape[-1])),
+            DivergenceGuard(max_scale=float(data.image_size)),
             RunFingerprint(fingerprint),
-            _EpochShuffle(loaders["train"]),
         ],
         plugins=[AtomicCheckpointIO()],
         logger=False,
@@ -307,12 +293,7 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
         "grid": resolved.get("grid", {}),
     }
     try:
-        trainer.fit(
-            module,
-            train_dataloaders=loaders["train"],
-            val_dataloaders=loaders["val"],
-            ckpt_path=last if last.exists() else None,
-        )
+        trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
     except Diverged as diverged:
         if not recorder.rows:
             # metrics.csv is a declared job output: diverged in the first epoch, it has no rows.
@@ -330,7 +311,7 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
         write_json(out / "summary.json", summary)
         return summary
     best_path = out / "best.ckpt"
-    test = trainer.test(module, dataloaders=loaders["test"], ckpt_path=best_path, verbose=False)[0]
+    test = trainer.test(module, datamodule=data, ckpt_path=best_path, verbose=False)[0]
     # trainer.test loaded the best weights into `module`: its scales are the reported ones.
     report = module.model.scale_report()
     best_epoch = int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"])
