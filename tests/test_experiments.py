@@ -49,7 +49,7 @@ def test_paper_grid_is_e1_and_e2_of_spec():
     ids = [run.run_id for run in runs["e1"] + runs["e2"]]
     assert len(set(ids)) == len(ids)
     assert "b2.83_isr1.5_seed0" in ids
-    datasets = sl.datasets_needed(config)
+    datasets = [d for d in sl.datasets_needed(config) if d.protocol == "scale_distribution"]
     assert len(datasets) == 9
     assert {d.params["splits"]["train"] for d in datasets} == {10000}
     assert {d.params["canvas"] for d in datasets} == {168}

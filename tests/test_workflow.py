@@ -50,7 +50,7 @@ def test_default_config_lists_the_paper_grid():
     result = snakemake("-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout + result.stderr)
-    assert counts["train"] == 135 + 9 + 81 + 18, "E1 135, E2 9, E3 81, E4 18 runs (SPEC §8)"
+    assert counts["train"] == 135 + 9 + 81 + 18 + 60 + 24, "E1-E4; E5 60 + 24 baselines (SPEC §8)"
     assert counts["evaluate"] == 135, "the per-scale test of every E1 run"
     assert counts["dataset_scale_distribution"] == 9 and counts["mnist_pool"] == 1
     listed = subprocess.run(
@@ -64,6 +64,23 @@ def test_default_config_lists_the_paper_grid():
         e: sum(r.startswith(f"{e}/") for r in listed) for e in ("e1", "e2", "e3", "e4")
     }
     assert per_experiment == {"e1": 135, "e2": 9, "e3": 81, "e4": 18}
+
+
+def test_default_config_plans_e5_runs_baselines_and_mnist_scale_datasets():
+    """SPEC §8 E5: 10 configurations x 6 realisations, the baselines (fixed SESN and CNN, both
+    augmentations, 6 realisations), the 6 MNIST-Scale realisations and the E5 table."""
+    result = snakemake("-n")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    runs = set(re.findall(r"results/runs/(\w+)/([^/\s]+)/summary\.json", output))
+    per_experiment = {
+        name: sum(1 for experiment, _ in runs if experiment == name)
+        for name in ("e5", "e5_baselines")
+    }
+    assert per_experiment == {"e5": 60, "e5_baselines": 24}
+    datasets = set(re.findall(r"results/data/mnist_scale/sesn/seed(\d+)\.npz", output))
+    assert datasets == {str(k) for k in range(6)}
+    assert "results/tables/e5_table.csv" in output and "results/tables/e5_table.tex" in output
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -95,6 +112,7 @@ CI_TABLES = [
     "e2_learned",  # 6. E2 table
     "e3_learned",  # 7. E3 table
     "e4_parameterisations",  # 8. E4 table
+    "e5_table",  # 9. E5 table
 ]
 
 
@@ -146,7 +164,7 @@ def finished_preset(tmp_path_factory):
 
 
 def test_ci_preset_runs_end_to_end(finished_preset):
-    """The whole DAG on the embedded digits: pool, datasets, 9 runs, 4 per-scale tests, every
+    """The whole DAG on the embedded digits: pool, datasets, 12 runs, 4 per-scale tests, every
     table and figure, and the report holding each of them with its caption, finished by the
     same command after a kill and `--unlock`."""
     workdir = finished_preset
@@ -171,6 +189,15 @@ def test_ci_preset_runs_end_to_end(finished_preset):
     assert e3[["init_isr", "init_sigma_basis"]].values.tolist() == [[1.5, 1.0], [3.0, 1.0]]
     e4 = pd.read_csv(results / "tables/e4_parameterisations.csv")
     assert e4["scale_mode"].tolist() == ["direct", "ratio_squared", "single_ratio_squared"]
+    # E5: learn ISR with and without "+", and the CNN baseline row.
+    e5 = pd.read_csv(results / "tables/e5_table.csv")
+    assert list(zip(e5["augment"], e5["model"], strict=True)) == [
+        ("none", "cnn"),
+        ("none", "sesn"),
+        ("rescale", "sesn"),
+    ]
+    assert (e5["n_runs"] == 1).all() and e5["test_error_mean"].between(0, 100).all()
+    assert (results / "tables/e5_table.tex").stat().st_size > 0
     # Nothing half-written is left behind.
     assert not list(results.rglob("*.tmp"))
     # A second call has nothing to do.

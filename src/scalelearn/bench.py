@@ -102,6 +102,14 @@ CONFIGS: dict[str, dict] = {
         "batch": 32,
         "eval_batch": 256,
     },
+    "e5_sesn_plus": {
+        "about": 'e5_sesn with the "+" augmentation (a random rescale of every uint8 batch)',
+        "model": {"name": "sesn", "scale_mode": "single_ratio_squared"},
+        "input": (1, 28, 28),
+        "batch": 32,
+        "eval_batch": 256,
+        "augment": "rescale",
+    },
     "tiny": {
         "about": "smoke test: toy model on a 24×24 canvas",
         "model": {"name": "toy", "scale_mode": "single_ratio_squared", "sigma_basis": 1.0},
@@ -232,6 +240,19 @@ def bench_config(
     images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
     labels = torch.randint(0, 10, (spec["batch"],), generator=generator).to(device)
     eval_images = torch.randn(spec["eval_batch"], *spec["input"], generator=generator).to(device)
+    prepare = None
+    if spec.get("augment") == "rescale":
+        # As in training (ScaleLearner): uint8 batch -> seeded random rescale -> normalise.
+        from scalelearn.data.rescale import random_rescale
+        from scalelearn.train.module import AUGMENT_SCALE_RANGE
+
+        images = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
+        images = images.to(device)
+        augment_generator = torch.Generator(device=device).manual_seed(seed)
+
+        def prepare(batch):
+            batch = random_rescale(batch, AUGMENT_SCALE_RANGE, augment_generator)[0]
+            return (batch.float() / 255.0 - 0.5) / 0.25
 
     skip_dense = spec.get("slow_dense", False) and device.type == "cpu" and not all_dense
     plans = {"fast": steps, "dense": 0 if skip_dense else min(steps, dense_steps)}
@@ -253,7 +274,10 @@ def bench_config(
         return time.perf_counter() - start
 
     def train_step(implementation: str) -> float:
-        return synchronized(lambda: steppers[implementation](images, labels))
+        # The "+" augmentation is timed with the step, as it runs per batch in training.
+        return synchronized(
+            lambda: steppers[implementation](prepare(images) if prepare else images, labels)
+        )
 
     for _ in range(warmup):
         for implementation in active:

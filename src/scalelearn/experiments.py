@@ -323,18 +323,20 @@ def _schema_words(schema: dict) -> str:
 
 def _check_model_keys(name: str, experiment: dict) -> None:
     """Every model key set by the experiment (model section or grid) must belong to every model
-    the experiment trains (MODEL_DEFAULTS lists each model's keys)."""
+    it is applied to (MODEL_DEFAULTS lists each model's keys): the model section's keys to the
+    models of every grid, a grid's keys to the models of that grid (its `name` values, else the
+    model section's name), so a list of grids can train a CNN beside a scale-equivariant net."""
     model_keys = set(load_schema()["$defs"]["model"]["properties"])
-    names = {experiment["model"]["name"]}
-    for grid in _grids(experiment):
-        names |= set(grid.get("name", []))
-    given = [(f"experiments.{name}.model.{key}", key) for key in experiment["model"]]
+    section = [(f"experiments.{name}.model.{key}", key) for key in experiment["model"]]
+    checks = []  # (model name, [(where, key)])
     for index, grid in enumerate(_grids(experiment)):
         where = f"experiments.{name}.grid" + (
             f"[{index}]" if isinstance(experiment.get("grid"), list) else ""
         )
-        given += [(f"{where}.{key}", key) for key in grid if key in model_keys]
-    for model_name in sorted(names):
+        given = section + [(f"{where}.{key}", key) for key in grid if key in model_keys]
+        for model_name in grid.get("name", [experiment["model"]["name"]]):
+            checks.append((model_name, given))
+    for model_name, given in checks:
         allowed = model_defaults(model_name)
         for where, key in given:
             if key not in allowed:

@@ -104,3 +104,10 @@ def method(inputs: AnalysisInputs) -> Built:
                 value = value.item()  # numpy scalar -> plain number
             model[column[len("model_") :]] = value
     return Built(figure=method_figure(scales, model))
+
+
+def e5(inputs: AnalysisInputs) -> Built:
+    from scalelearn.analysis.e5 import e5_latex, e5_table
+
+    table = e5_table(_need(inputs.runs, "--runs"), inputs.reference)
+    return Built(table, e5_latex(table))

@@ -253,12 +253,16 @@ class ToyModel(ScaleEquivariantNet):
 
 
 def _head(channels: int) -> list[nn.Module]:
-    """The E5 head on [B, C, 14, 14]: pool to 2×2, BN, Linear(4C→256), BN, ReLU, Dropout, Linear."""
+    """The E5 head on [B, C, 14, 14]: pool to 2×2, BN, Linear(4C→256), BN, ReLU, Dropout, Linear.
+
+    The first Linear has no bias, as in SESN's MNIST models (SES and CNN) and the authors' code:
+    the BatchNorm1d after it subtracts the batch mean, so a bias there would have no effect.
+    """
     return [
         nn.MaxPool2d(8, stride=8, padding=2),
         nn.BatchNorm2d(channels),
         nn.Flatten(),
-        nn.Linear(channels * 4, 256),
+        nn.Linear(channels * 4, 256, bias=False),
         nn.BatchNorm1d(256),
         nn.ReLU(),
         nn.Dropout(0.7),
