@@ -354,3 +354,41 @@ def test_registry_runs_an_analysis_from_run_files(tmp_path, capsys):
         ]
     )
     assert (tmp_path / "fig.pdf").stat().st_size > 0 and (tmp_path / "fig.png").exists()
+
+
+def test_every_analysis_of_a_learned_experiment_whose_runs_all_diverged_is_drawn():
+    """A diverged run has no test numbers, no final scales and (diverged in its first epoch) a
+    metrics.csv without rows: the tables count it, and the figures are still made, so the
+    pipeline finishes and shows the failure instead of stopping in an analysis job."""
+    from scalelearn.analysis import builders
+    from scalelearn.analysis.registry import AnalysisInputs
+    from scalelearn.nn.scales import initial_scales
+
+    runs = pd.DataFrame(
+        {
+            "experiment": ["e2"],
+            "run_id": ["b2_seed0"],
+            "grid_width": [2.0],
+            "grid_seed": [0],
+            "status": ["diverged"],
+            "model_name": ["toy"],
+            "model_basis": ["hermite_a"],
+            "model_effective_size": [5],
+            "model_num_scales": [3],
+            "model_sigma_basis": [1.0],
+            "model_isr": [3.0],
+            "model_scale_mode": ["single_ratio_squared"],
+            "model_learn_sigma_basis": [True],
+            "model_kernel_size_k": [4.0],
+        }
+    )
+    metrics = pd.DataFrame({"experiment": ["e2"], "run_id": ["b2_seed0"], "epoch": [np.nan]})
+    learned = builders.learned_scales(AnalysisInputs(runs=runs, cells=["grid_width"]))
+    assert learned.table[["n_runs", "n_failed"]].iloc[0].tolist() == [0, 1]
+    trajectories = builders.scale_trajectories(
+        AnalysisInputs(runs=runs, run_files=metrics, cells=["grid_width"])
+    )
+    assert trajectories.figure is not None
+    method = builders.method(AnalysisInputs(runs=runs))
+    titles = " ".join(ax.get_title() for ax in method.figure.axes)
+    assert f"{initial_scales(1.0, 3.0, 3)[-1]:.2f}" in titles

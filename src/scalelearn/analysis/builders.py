@@ -83,17 +83,28 @@ def tolerance(inputs: AnalysisInputs) -> Built:
 
 
 def method_run(runs: pd.DataFrame) -> pd.Series:
-    """The run whose learned scales the method figure shows: the widest distribution, then the
-    lowest seed (then the first run id, for grids that vary more)."""
-    order = runs.sort_values(["grid_width", "grid_seed", "run_id"], ascending=[False, True, True])
+    """The run whose learned scales the method figure shows: among the runs that finished ok
+    (all runs when none did), the widest distribution, then the lowest seed (then the first run
+    id, for grids that vary more)."""
+    ok = runs[tables.run_ok(runs)]
+    order = (ok if len(ok) else runs).sort_values(
+        ["grid_width", "grid_seed", "run_id"], ascending=[False, True, True]
+    )
     return order.iloc[0]
 
 
 def method(inputs: AnalysisInputs) -> Built:
     from scalelearn.analysis.method import method_figure
+    from scalelearn.nn.scales import initial_scales
 
     run = method_run(_need(inputs.runs, "--runs"))
     scales = [float(run[c]) for c in tables.scale_columns(inputs.runs) if pd.notna(run[c])]
+    if not scales:
+        # No run of the experiment finished ok (all diverged): draw the basis at the scales the
+        # runs started from, so the figure exists and the failure shows in the tables instead.
+        scales = initial_scales(
+            float(run["model_sigma_basis"]), float(run["model_isr"]), int(run["model_num_scales"])
+        )
     model = {}
     for column in inputs.runs.columns:
         if column.startswith("model_") and pd.notna(run[column]):

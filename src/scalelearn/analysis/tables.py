@@ -238,7 +238,9 @@ def per_scale_table(runs: pd.DataFrame, per_scale: pd.DataFrame) -> pd.DataFrame
 def trajectory_table(runs: pd.DataFrame, metrics: pd.DataFrame, cells: list[str]) -> pd.DataFrame:
     """Scales over epochs: per cell and epoch the mean (over seeds) of sigma_b, ISR and every
     internal scale, and n_runs. `metrics`: the stacked metrics.csv files of the runs."""
-    _require(metrics, ["epoch", "sigma_basis", "isr"], "the scale trajectories")
+    _require(metrics, ["epoch"], "the scale trajectories")
+    # A run that diverged in its first epoch has a metrics.csv without rows or scale columns.
+    metrics = metrics.reindex(columns=list(dict.fromkeys([*metrics, "sigma_basis", "isr"])))
     rows = _run_cells(runs, metrics, cells)
     columns = ["sigma_basis", "isr", *scale_columns(rows)]
     group = rows.groupby([*cells, "epoch"], sort=True)
