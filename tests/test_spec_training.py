@@ -462,6 +462,8 @@ def test_rescale_augmentation_in_training(blob_dataset, tmp_path):
     original = torch.from_numpy(blob()).double()
     train_inputs, eval_inputs = [], []
     for training, x in seen:
+        if not training and len(x) == 1 and not x.any():
+            continue  # the evaluator's memory probe (one zero image), not a data batch
         grey = (x * std + mean) * 255.0
         assert (grey - grey.round()).abs().max() < 0.02, "inputs are normalised grey levels"
         (train_inputs if training else eval_inputs).append(grey.round()[:, 0])
