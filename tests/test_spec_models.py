@@ -246,7 +246,8 @@ def test_sesn_parameter_count():
     f = 49
     convs = (32 * 1 * f + 32) + (63 * 32 * f + 63) + (95 * 63 * f + 95)
     norms = 2 * (32 + 63) + 2 * 95 + 2 * 256
-    linears = (380 * 256 + 256) + (256 * 10 + 10)
+    # Linear(380 -> 256) has no bias: a BatchNorm1d follows it (SESN's and the authors' code).
+    linears = 380 * 256 + (256 * 10 + 10)
     assert non_scale_parameter_count(model) == convs + norms + linears
 
 
