@@ -229,18 +229,8 @@ def _check_semantics(config: dict) -> None:
                 f"config key experiments.{name}.compare_with: invalid value {other!r} ({why}); "
                 f"allowed: one of {', '.join(repr(e) for e in experiments if e != name)}"
             )
-    # Each analysis fits the experiments that ask for it.
+    # Each analysis fits the experiments that ask for it, and a compare_with is used by one.
     registry.check_config(config)
-    for name, experiment in experiments.items():
-        other = experiment.get("compare_with")
-        users = [a for a in experiment.get("analyses", []) if registry.get(a).compare_with]
-        if other is not None and not users:
-            raise ScalelearnError(
-                f"config key experiments.{name}.compare_with: invalid value {other!r}: "
-                "compare_with is not used by any analysis of this experiment; remove it or add "
-                "one that compares: "
-                + ", ".join(n for n, a in registry.ANALYSES.items() if a.compare_with)
-            )
     names = [
         scale_distribution_name(2.0**o)
         for o in config["datasets"]["scale_distribution"]["widths_octaves"]

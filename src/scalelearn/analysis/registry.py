@@ -313,7 +313,8 @@ def check_fits(fits: Fits, spec: dict) -> None:
 
 def check_config(config: dict) -> None:
     """Check every experiment's `analyses` against the registry: known names, fitting runs, a
-    fitting `compare_with`, run-free analyses asked once. Raises ScalelearnError naming the key."""
+    fitting `compare_with` that some analysis uses, run-free analyses asked once. Raises
+    ScalelearnError naming the key."""
     asked_by: dict[str, str] = {}
     for name, spec in config["experiments"].items():
         for analysis_name in spec.get("analyses", []):
@@ -346,6 +347,13 @@ def check_config(config: dict) -> None:
                         f"already asked by {asked_by[analysis_name]}; ask it once"
                     )
                 asked_by[analysis_name] = name
+        other = spec.get("compare_with")
+        if other is not None and not any(get(a).compare_with for a in spec.get("analyses", [])):
+            raise ScalelearnError(
+                f"config key experiments.{name}.compare_with: invalid value {other!r}: "
+                "compare_with is not used by any analysis of this experiment; remove it or add "
+                "one that compares: " + ", ".join(n for n, a in ANALYSES.items() if a.compare_with)
+            )
 
 
 def requested(config: dict) -> list[tuple[Analysis, str]]:
