@@ -21,10 +21,6 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 LARGEST = 2**31 - 1  # mallopt takes an int; larger blocks are still mapped directly
-# While `returning_freed_memory` is active: blocks above this size are mapped and unmapped.
-RETURN_ABOVE = 1 * 2**20
-
-_reusing = False  # whether reuse_freed_memory applied in this process
 
 
 class _MallInfo2(ctypes.Structure):
@@ -96,32 +92,22 @@ def reuse_freed_memory() -> bool:
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:  # not Linux, or not glibc
         return False
-    global _reusing
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _reusing = bool(mallopt(M_MMAP_THRESHOLD, LARGEST)) and bool(mallopt(M_TRIM_THRESHOLD, LARGEST))
-    return _reusing
+    return bool(mallopt(M_MMAP_THRESHOLD, LARGEST)) and bool(mallopt(M_TRIM_THRESHOLD, LARGEST))
 
 
 @contextlib.contextmanager
-def returning_freed_memory():
-    """Within the block, large blocks are mapped and unmapped again (the glibc default) instead
-    of kept; on entry and on exit malloc's free memory goes back to the OS.
+def releasing_freed_memory():
+    """Around the block, the memory malloc keeps goes back to the OS: on entry (what the training
+    steps freed, so evaluation's blocks do not come on top of it) and on exit (so the process does
+    not sit at evaluation's peak while it trains on).
 
-    For evaluation: its chunks allocate other sizes than the training step, and a heap that keeps
-    everything grows with the fragments (measured: 2.6 GB resident after two passes over 256
-    images at K 193 with 2 threads, 0.9 GB with this). Nothing changes where reuse_freed_memory
-    did not apply.
+    Within the block malloc keeps reusing freed blocks: mapping every large block afresh, as glibc
+    does by default, made evaluation 3-4x slower (page faults; toy model at K 49 and K 193, SESN).
+    Evaluation bounds its working set by chunks instead (scalelearn.nn.evaluation).
     """
-    if not _reusing:
-        yield
-        return
-    # What the training steps freed and malloc kept goes back first: evaluation's blocks would
-    # otherwise come on top of it (measured: 2.95 GB resident at K 97 instead of 2.4 GB).
     release_freed_memory()
-    libc = _libc()
-    libc.mallopt(M_MMAP_THRESHOLD, RETURN_ABOVE)
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_THRESHOLD, LARGEST)
         release_freed_memory()
