@@ -8,7 +8,7 @@ import torch
 from numpy.polynomial.hermite_e import hermeval
 
 from scalelearn.nn.hermite import HermiteBasis, function_orders, kernel_size, supports
-from scalelearn.nn.scales import InternalScales
+from scalelearn.nn.scales import MIN_SCALE, InternalScales, initial_scales, min_scale
 
 
 def reference_basis(basis, eff, scales, k=4.0, mult=1.4, max_order=4):
@@ -96,3 +96,57 @@ def test_basis_is_differentiable_in_the_scales():
         return (basis(s).dense() * weights).sum()
 
     assert torch.autograd.gradcheck(loss, (scales,), eps=1e-6, atol=1e-6)
+
+
+# --- the smallest allowed scale: every function defined, never NaN -----------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [4.0, 2.0, 1.0])
+@pytest.mark.parametrize("basis,eff,num_scales", [("hermite_a", 5, 3), ("hermite_b", 7, 4)])
+def test_smallest_allowed_scale_gives_a_full_finite_basis(basis, eff, num_scales, k, dtype):
+    """At σ_b = min_scale(k), the projection's bound, the smallest scale's support is >= 3 px for
+    every ISR, so every function has norm 1 there: none is 0, none NaN (the former bound 0.05
+    gave a 1-px support at wide ISRs, where the odd orders vanish, and a NaN basis). The
+    gradient in the scales is finite too, in float32 as well (hermite_b's is not up to 0.33)."""
+    torch.manual_seed(0)
+    sigma_b = min_scale(k)
+    hermite = HermiteBasis(basis, eff, kernel_size_k=k)
+    for isr in np.geomspace(1.0, 100.0, 25):
+        scales = torch.tensor(initial_scales(sigma_b, isr, num_scales), dtype=dtype)
+        scales.requires_grad_(True)
+        built = hermite(scales)
+        assert min(built.supports) >= 3, (isr, built.supports)
+        assert torch.isfinite(built.profiles).all(), isr
+        norms = built.profiles[0].detach().double().pow(2).sum(-1).sqrt()
+        np.testing.assert_allclose(norms.numpy(), 1.0, rtol=1e-5)
+        weights = torch.randn(built.profiles.shape, dtype=dtype)
+        (gradient,) = torch.autograd.grad((built.profiles * weights).sum(), scales)
+        assert torch.isfinite(gradient).all(), isr
+
+
+def test_min_scale_is_where_the_support_can_first_shrink_to_one_pixel():
+    """Just below 1/k some ISR gives the smallest scale a 1-px support."""
+    assert min_scale(4.0) == MIN_SCALE >= 0.25 and min_scale(2.0) == 0.5 and min_scale(1.0) == 1.0
+    for k in (4.0, 2.0, 1.0):
+        below = torch.tensor(initial_scales(0.98 / k, 100.0, 3), dtype=torch.float64)
+        assert supports(below, kernel_size(below, k))[0] == 1
+
+
+def test_function_that_vanishes_at_the_smallest_scale_is_left_out_not_nan():
+    """Below the bound (support 1 px at σ 0.1): the odd orders are 0 at the smallest scale, so
+    they have no normalisation; they are 0 at every scale, the even orders are normalised as
+    usual, and the gradient in the scales stays finite."""
+    scales = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    hermite = HermiteBasis("hermite_a", 5)
+    built = hermite(scales)
+    assert built.supports[0] == 1
+    assert torch.isfinite(built.profiles).all()
+    odd = hermite.profile_order % 2 == 1
+    assert odd.any() and (built.profiles[:, odd] == 0).all()
+    norms = built.profiles[0, ~odd].pow(2).sum(-1).sqrt()
+    np.testing.assert_allclose(norms.detach().numpy(), 1.0, rtol=1e-12)
+    assert built.profiles[1:, ~odd].abs().amax() > 0
+    weights = torch.randn(built.dense().shape, dtype=torch.float64)
+    (gradient,) = torch.autograd.grad((built.dense() * weights).sum(), scales)
+    assert torch.isfinite(gradient).all()

@@ -6,7 +6,14 @@ import torch
 
 from scalelearn.nn.conv import z2h_dense
 from scalelearn.nn.hermite import HermiteBasis
-from scalelearn.nn.scales import MIN_SCALE, SCALE_MODES, InternalScales, initial_scales
+from scalelearn.nn.models import build_model
+from scalelearn.nn.scales import (
+    MIN_SCALE,
+    SCALE_MODES,
+    InternalScales,
+    initial_scales,
+    min_scale,
+)
 
 LEARNABLE = [mode for mode in SCALE_MODES if mode != "fixed"]
 
@@ -61,11 +68,37 @@ def test_projection_keeps_scales_positive_and_ordered():
     assert (scales > 0).all() and (scales.diff() >= 0).all()
 
 
+@pytest.mark.parametrize("k", [4.0, 2.0])
+@pytest.mark.parametrize("mode", ["direct", "ratio"])
+def test_network_projection_stops_at_the_smallest_scale_of_its_basis(mode, k):
+    """A network's scales are projected to min_scale(kernel_size_k) (0.4 px at the paper's k 4,
+    1/k for a smaller k), where the basis is still complete and finite; the former bound 0.05
+    let a learnable smallest scale reach a 1-px support and a NaN basis."""
+    model = build_model(
+        {"name": "toy", "scale_mode": mode, "isr": 100.0, "kernel_size_k": k, "sigma_basis": 1.0}
+    )
+    scales = model.internal_scales
+    with torch.no_grad():
+        scales.sigma_basis.fill_(0.01)
+        if mode == "direct":
+            scales.theta[0] = 0.01
+    scales.constrain_()
+    assert float(scales().detach().min()) == pytest.approx(min_scale(k)) and min_scale(k) >= 1 / k
+    assert MIN_SCALE == min_scale(4.0) == 0.4
+    basis = model.basis.hermite(scales().detach())
+    assert basis.supports[0] >= 3 and torch.isfinite(basis.profiles).all()
+    assert (basis.profiles[0].pow(2).sum(-1) > 0.99).all(), "no function left out"
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="scale_mode"):
         InternalScales("bogus")
     with pytest.raises(ValueError, match="isr"):
         InternalScales("fixed", isr=0.5)
+    with pytest.raises(ValueError, match=r"sigma_basis >= 0\.4 \(the smallest scale"):
+        InternalScales("fixed", sigma_basis=0.3)
+    with pytest.raises(ValueError, match=r"sigma_basis >= 0\.5"):
+        build_model({"name": "toy", "sigma_basis": 0.45, "kernel_size_k": 2.0})
 
 
 @pytest.mark.parametrize("mode", LEARNABLE)

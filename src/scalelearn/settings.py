@@ -60,6 +60,33 @@ DATASET_PROTOCOLS = tuple(
 )
 SPLITS = tuple(_defs("splits")["required"])  # ("train", "val", "test"), in pool order
 
+# --- bounds -----------------------------------------------------------------------------------
+
+# Smallest scale (pixels) the projection after an optimiser step allows, for the paper's k = 4
+# (kernel_size_k); `min_scale(k)` gives the bound for any k. The basis of SPEC §2 is defined for
+# every ISR from σ_min = 1/k up: the smallest scale's support (hermite.supports)
+# n_0 = 2·⌊⌊K·σ_0/σ_max⌋/2⌋ + 1 is at least 3 px whenever k·σ_0 ≥ 1, because K ≥ 2k·σ_max + 1 gives
+# K·σ_0/σ_max > 2k·σ_0 ≥ 2. Below 1/k a wide ISR gives n_0 = 1 px (σ_0 < 0.25 at k = 4), where every
+# odd-order Hermite function is exactly 0: dividing it by its norm at the smallest scale gave a NaN
+# basis (the former bound, 0.05, let learnable scales go there; the basis now leaves such a
+# function out, see HermiteBasis.forward, but the networks never get there). SESN's own variant B
+# asserts the same (`steerable_B`: size_before_pad > 1); SESN never learns scales. 0.4 rather than
+# 1/4: in float32 the E5 hermite_b basis (eff 7) divides its finest sub-sigma σ/1.4³ by a norm
+# that underflows to 0 up to σ ≈ 0.255, and its gradients in the scales overflow up to σ ≈ 0.33;
+# from 0.4 up both paper bases and their gradients are finite (checked for ISR 1 to 100).
+# Every scale the paper uses (σ_b ≥ 1) is far above it.
+MIN_SCALE = 0.4
+
+
+def min_scale(kernel_size_k: float) -> float:
+    """The smallest internal scale allowed with kernel-size factor k: max(MIN_SCALE, 1/k) px.
+
+    From it up, the smallest scale has a support of at least 3 px whatever σ_max is (see
+    MIN_SCALE), so every function of the basis has a non-zero norm there.
+    """
+    return max(MIN_SCALE, 1.0 / kernel_size_k)
+
+
 # --- defaults ---------------------------------------------------------------------------------
 
 # Training defaults of every run (SPEC §6): the `default` of each top-level `train` key.

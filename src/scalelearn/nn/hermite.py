@@ -147,7 +147,12 @@ class HermiteBasis(nn.Module):
         return text
 
     def forward(self, scales: Tensor) -> ScaleBasis:
-        """scales: [S] positive internal scales -> ScaleBasis with profiles [S, P, K]."""
+        """scales: [S] positive internal scales -> ScaleBasis with profiles [S, P, K].
+
+        Every profile is divided by its L2 norm at the smallest scale (SPEC §2). The basis is
+        complete from a smallest scale of scales.min_scale(k) up (support >= 3 px there); below
+        it, a profile that is 0 at the smallest scale is returned as 0 at every scale, not NaN.
+        """
         size = kernel_size(scales, self.kernel_size_k)
         support = supports(scales, size)
         half = size // 2
@@ -164,5 +169,13 @@ class HermiteBasis(nn.Module):
         # Normalise every function by its L2 norm at the smallest scale; the 2-D norm of a
         # separable function is the product of its profiles' norms.
         smallest = int(torch.argmin(scales.detach()))
-        norms = profiles[smallest].pow(2).sum(-1).sqrt()  # [P]
-        return ScaleBasis(profiles / norms[None, :, None], self.row_index, self.col_index, support)
+        squared = profiles[smallest].pow(2).sum(-1)  # [P]
+        # A profile that is 0 on the smallest scale's support has no such norm: the odd orders
+        # on a 1-px support (a smallest scale below scales.min_scale(k), which the networks
+        # never reach), or a float32 underflow of a tiny sub-sigma. It is left out (0 at every
+        # scale) rather than divided by 0 into NaN; the `where` keeps its gradient finite too.
+        # Every other profile is divided by exactly the same norm as before.
+        defined = squared > 0
+        norms = torch.where(defined, squared, 1.0).sqrt()
+        profiles = profiles / norms[None, :, None] * defined[None, :, None]
+        return ScaleBasis(profiles, self.row_index, self.col_index, support)

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from scalelearn.nn import fast_conv
 from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, ScaleMaxProjection
 from scalelearn.nn.hermite import HermiteBasis, ScaleBasis, kernel_size
-from scalelearn.nn.scales import InternalScales
+from scalelearn.nn.scales import InternalScales, min_scale
 from scalelearn.nn.shared_basis import SharedBasis
 from scalelearn.settings import MODEL_DEFAULTS
 
@@ -81,7 +81,12 @@ class ScaleNetConfig:
     def shared_basis(self) -> SharedBasis:
         """A new SharedBasis (InternalScales + HermiteBasis) as this config describes."""
         scales = InternalScales(
-            self.scale_mode, self.num_scales, self.sigma_basis, self.isr, self.learn_sigma_basis
+            self.scale_mode,
+            self.num_scales,
+            self.sigma_basis,
+            self.isr,
+            self.learn_sigma_basis,
+            min_scale(self.kernel_size_k),
         )
         hermite = HermiteBasis(
             self.basis,

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scalelearn.settings import SCALE_MODES  # the modes of the table above, from the schema
+# SCALE_MODES: the modes of the table above, from the schema. MIN_SCALE, min_scale(k): the smallest
+# scale allowed (σ_b and the projection's bound), in settings (torch-free) so that the config
+# validation checks sigma_basis against the same value.
+from scalelearn.settings import MIN_SCALE, SCALE_MODES, min_scale
 
-# Smallest scale (pixels) the projection after an optimiser step allows: a Gaussian narrower than
-# this is a single pixel anyway, and a non-positive scale would make the basis undefined.
-MIN_SCALE = 0.05
+__all__ = ["MIN_SCALE", "SCALE_MODES", "InternalScales", "initial_scales", "min_scale"]
 
 
 def initial_scales(sigma_basis: float, isr: float, num_scales: int) -> list[float]:
@@ -39,6 +40,8 @@ class InternalScales(nn.Module):
 
     `sigma_basis` is a parameter in every mode; it is trained only when `learn_sigma_basis` is set
     (never in `direct` mode, where it is unused). θ (`theta`) exists for the learnable modes.
+    `min_scale`: the smallest scale allowed, for σ_b at construction and for the projection
+    `constrain_` (MIN_SCALE, or `min_scale(kernel_size_k)` of the network's basis).
     """
 
     def __init__(
@@ -48,16 +51,18 @@ class InternalScales(nn.Module):
         sigma_basis: float = 2.0,
         isr: float = 3.0,
         learn_sigma_basis: bool = False,
+        min_scale: float = MIN_SCALE,
     ):
         super().__init__()
         if mode not in SCALE_MODES:
             raise ValueError(f"unknown scale_mode {mode!r}; allowed: {', '.join(SCALE_MODES)}")
-        if sigma_basis <= 0 or isr < 1 or num_scales < 1:
+        if sigma_basis < min_scale or isr < 1 or num_scales < 1:
             raise ValueError(
-                f"need sigma_basis > 0, isr >= 1, num_scales >= 1; got {sigma_basis}, {isr}, "
-                f"{num_scales}"
+                f"need sigma_basis >= {min_scale:.4g} (the smallest scale at which the basis is "
+                f"defined), isr >= 1, num_scales >= 1; got {sigma_basis}, {isr}, {num_scales}"
             )
         self.mode = mode
+        self.min_scale = float(min_scale)
         self.num_scales = num_scales
         ratio = isr ** (1.0 / (num_scales - 1)) if num_scales > 1 else 1.0
         learn_sigma_basis = learn_sigma_basis and mode != "direct"
@@ -111,10 +116,12 @@ class InternalScales(nn.Module):
         """Project the parameters back to positive, ordered scales after an optimiser step.
 
         Only `direct` and `ratio` can leave that set (the squared modes and `fixed` cannot);
-        σ_b is kept positive in every mode.
+        σ_b is kept at `min_scale` or above in every mode, and so are the `direct` scales: in every
+        mode but `single_ratio` (whose leaky factor may shrink the scales) σ_b, or the first
+        `direct` scale, is then the smallest scale, and the basis stays defined (see MIN_SCALE).
         """
-        self.sigma_basis.clamp_(min=MIN_SCALE)
+        self.sigma_basis.clamp_(min=self.min_scale)
         if self.mode == "direct":
-            self.theta.copy_(torch.sort(self.theta.clamp(min=MIN_SCALE)).values)
+            self.theta.copy_(torch.sort(self.theta.clamp(min=self.min_scale)).values)
         elif self.mode == "ratio":
             self.theta.clamp_(min=0.0)
