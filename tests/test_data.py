@@ -462,6 +462,11 @@ def test_batches_cover_every_index_once_in_a_reproducible_order():
     assert epoch_order(loader.Batches(images, labels, 4), 3) == list(range(n))
     dropped = epoch_order(loader.Batches(images, labels, 4, shuffle=True, drop_last=True), 0)
     assert len(dropped) == 8 and len(set(dropped)) == 8
+    # min_last leaves out a last batch only when it is smaller: 10 = 4 + 4 + 2 keeps the 2.
+    kept = loader.Batches(images, labels, 4, shuffle=True, seed=7, min_last=2)
+    assert len(kept) == 3 and epoch_order(kept, 0) == first
+    single = loader.Batches(images[:9], labels[:9], 4, shuffle=True, min_last=2)
+    assert len(single) == 2 and len(set(epoch_order(single, 0))) == 8
 
 
 def test_train_statistics_in_chunks_match_numpy(pool):

@@ -398,6 +398,18 @@ BAD_CONFIGS = [
     ("datasets.mnist_scale.scale_max", 2.0, "leave the 28 px canvas"),
     ("datasets.mnist_scale.scale_min", 1.0, "allowed: a value <= scale_max"),
     ("experiments.e1.model.sigma_basis", 30.0, "more than the 56 px input"),
+    ("train.batch_size", 1, "batch_size 1 cannot train model 'sesn'"),
+    (
+        "experiments.e1.model.sigma_basis",
+        0.2,
+        "sigma_basis 0.2 px is below 0.4 px, the smallest internal scale at which the Hermite "
+        "basis is defined with kernel_size_k 4",
+    ),
+    (
+        "experiments.e1.model.kernel_size_k",
+        0.5,
+        "with kernel_size_k 0.5 (max(0.4, 1/k): below it the smallest scale's support can be 1 px",
+    ),
 ]
 
 

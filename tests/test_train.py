@@ -186,3 +186,75 @@ def test_bad_inputs_name_the_problem(tmp_path):
         run_module.train_run(config, tmp_path / "run")
     with pytest.raises(ScalelearnError, match="train.augment"):
         run_module.resolve_train_config({"augment": "flip"})
+
+
+# --- a last training batch of one image ---------------------------------------------------------
+
+
+def test_train_loader_leaves_out_only_a_last_batch_of_one_image():
+    """Train split ≡ 1 mod batch size: the single-image last batch is left out of each epoch
+    (BatchNorm1d cannot train on it), every other image is used, and the image left out changes
+    with the epoch. Any other split size gives the batches of a plain loader, unchanged."""
+    from scalelearn.data.loader import Batches
+    from scalelearn.train.datamodule import ScaleDataModule
+
+    def arrays(n: int) -> dict:
+        # Image i holds the value i in its first pixel, so each batch says which images it has.
+        images = np.zeros((n, 4, 4), np.uint8)
+        images[:, 0, 0] = np.arange(n)
+        split = {f"{s}_{k}": v for s in ("val", "test") for k, v in (("images", images[:2]),)}
+        split |= {"val_labels": np.zeros(2, np.int64), "test_labels": np.zeros(2, np.int64)}
+        return {"train_images": images, "train_labels": np.arange(n) % 10, **split}
+
+    left_out = set()
+    for epoch in range(4):
+        loader = ScaleDataModule(arrays(21), batch_size=4, seed=3).train_dataloader()
+        loader.set_epoch(epoch)
+        batches = [images[:, 0, 0, 0].tolist() for images, _ in loader]
+        assert len(loader) == len(batches) == 5 and all(len(b) == 4 for b in batches)
+        used = [i for b in batches for i in b]
+        assert len(set(used)) == len(used) == 20
+        left_out |= set(range(21)) - set(used)
+    assert len(left_out) > 1, "a different image is left out in different epochs"
+    for n in (20, 22, 23):
+        loader = ScaleDataModule(arrays(n), batch_size=4, seed=3).train_dataloader()
+        plain = Batches(arrays(n)["train_images"], np.arange(n) % 10, 4, shuffle=True, seed=3)
+        assert len(loader) == len(plain) == math.ceil(n / 4)
+        for (images, labels), (expected, expected_labels) in zip(loader, plain, strict=True):
+            assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
+
+
+def test_sesn_trains_when_the_last_batch_has_one_image(tmp_path, monkeypatch):
+    """SESNNet (BatchNorm1d in its head) on a train split of 9 images in batches of 4: the run
+    finishes, each epoch trains on two batches of 4 different images (8 of the 9)."""
+    from scalelearn.train.module import ScaleLearner
+
+    images, labels, _ = mnist.load_pool("embedded")
+    arrays, manifest = datasets.make_mnist_scale(images, labels, seed=0, split=(9, 4, 4))
+    path = tmp_path / "seed0.npz"
+    datasets.save_dataset(path, arrays, manifest)
+    seen: list[torch.Tensor] = []
+    training_step = ScaleLearner.training_step
+
+    def recording_step(self, batch, batch_idx):
+        seen.append(batch[0].clone())
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ScaleLearner, "training_step", recording_step)
+    config = run_config(str(path), epochs=2, batch_size=4, eval_batch_size=4)
+    config["model"] = {
+        "name": "sesn",
+        "scale_mode": "single_ratio_squared",
+        "learn_sigma_basis": True,
+        "sigma_basis": 0.6,
+        "isr": 1.5,
+        "num_scales": 2,
+        "effective_size": 3,
+    }
+    summary = run_module.train_run(config, tmp_path / "run")
+    assert summary["status"] == "ok"
+    assert [len(batch) for batch in seen] == [4, 4, 4, 4]
+    train = torch.from_numpy(arrays["train_images"])
+    for epoch in (seen[:2], seen[2:]):
+        used = [int((train == image[0]).all((1, 2)).nonzero()) for b in epoch for image in b]
+        assert len(set(used)) == 8

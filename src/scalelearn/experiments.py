@@ -32,8 +32,10 @@ import yaml
 from scalelearn.analysis import registry
 from scalelearn.errors import ScalelearnError
 from scalelearn.settings import (
+    MIN_SCALE,
     SCHEMA_PATH,  # noqa: F401 (re-exported for the Snakefile: sl.SCHEMA_PATH)
     load_schema,
+    min_scale,
     model_defaults,
 )
 
@@ -345,8 +347,9 @@ def _check_model_keys(name: str, experiment: dict) -> None:
 
 
 def _check_run_model(run: Run) -> None:
-    """Checks of one resolved run: the input fits the network, the initial scales fit the input,
-    and no key is set that the scale parameterisation ignores."""
+    """Checks of one resolved run: the input fits the network, its batches can train it, the
+    initial scales fit the input and are not below the smallest scale of the basis, and no key
+    is set that the scale parameterisation ignores."""
     model = run.config["model"]
     where = f"experiments.{run.experiment} (run {run.run_id})"
     side = run.dataset.params.get("canvas", MNIST_FRAME)
@@ -356,7 +359,22 @@ def _check_run_model(run: Run) -> None:
             f"input (its head is sized for it), but the dataset canvas is {side}; allowed: "
             "dataset mnist_scale, or datasets.scale_distribution.canvas: 28, or model toy"
         )
+    if model["name"] in ("sesn", "cnn") and run.config["train"]["batch_size"] < 2:
+        raise ScalelearnError(
+            f"config key {where}: batch_size 1 cannot train model {model['name']!r} (the "
+            "BatchNorm1d of its head needs more than one image per batch); allowed: "
+            "train.batch_size >= 2"
+        )
     if "sigma_basis" in model:
+        smallest = min_scale(model["kernel_size_k"])
+        if model["sigma_basis"] < smallest:
+            raise ScalelearnError(
+                f"config key {where}: sigma_basis {model['sigma_basis']:.3g} px is below "
+                f"{smallest:.3g} px, the smallest internal scale at which the Hermite basis is "
+                f"defined with kernel_size_k {model['kernel_size_k']:.3g} (max({MIN_SCALE}, 1/k): "
+                "below it the smallest scale's support can be 1 px, where the odd-order "
+                f"functions vanish); allowed: sigma_basis >= {smallest:.3g}"
+            )
         largest = model["sigma_basis"] * model["isr"]
         if largest > side:
             raise ScalelearnError(

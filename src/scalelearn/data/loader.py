@@ -25,7 +25,9 @@ class Batches:
     images: uint8 [n, H, W] (tensor or array); labels: int [n]. With ``shuffle`` each epoch uses
     the order ``torch.randperm(n)`` drawn from a generator seeded by (seed, epoch): call
     ``set_epoch(epoch)`` before iterating (a resumed run then sees the same order as an
-    uninterrupted one). ``len()`` is the number of batches.
+    uninterrupted one). ``drop_last`` leaves out an incomplete last batch; ``min_last`` leaves
+    it out only when it has fewer than ``min_last`` samples (the train loader uses 2: a batch of
+    one image cannot be trained through BatchNorm). ``len()`` is the number of batches.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class Batches:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        min_last: int = 1,
     ):
         self.images = torch.as_tensor(images)
         self.labels = torch.as_tensor(labels).long()
@@ -53,14 +56,16 @@ class Batches:
         self.shuffle = shuffle
         self.seed = int(seed)
         self.drop_last = drop_last
+        self.min_last = int(min_last)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        full, rest = divmod(len(self.images), self.batch_size)
+        keep_rest = rest > 0 and not self.drop_last and rest >= self.min_last
+        return full + keep_rest
 
     def order(self) -> torch.Tensor:
         """The sample order of the current epoch: int64 [n]."""

@@ -29,8 +29,9 @@ class ScaleDataModule(pl.LightningDataModule):
 
     dataset: path of a dataset .npz, or the mapping `load_dataset` returns
         ({split}_images uint8 [n, H, W], {split}_labels int [n] for every split).
-    batch_size: training batch size. eval_batch_size: validation and test batch size
-        (default: batch_size).
+    batch_size: training batch size (a last training batch of a single image is left out; see
+        `train_dataloader`). eval_batch_size: validation and test batch size (default:
+        batch_size).
     seed: the training order of epoch e is the permutation drawn from (seed, e) alone, so a
         resumed run sees the same batches as an unbroken one. Under a Trainer the train loader
         takes e from `trainer.current_epoch` whenever an epoch starts; in a loop of your own,
@@ -75,7 +76,15 @@ class ScaleDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> _EpochOrderedBatches:
         self.setup()
         images, labels = self._splits["train"]
-        batches = Batches(images, labels, self.batch_size, shuffle=True, seed=self.seed)
+        # A last batch of one image is left out of the epoch: BatchNorm1d in the head of the
+        # SESN and CNN networks (models._head) cannot normalise a single sample in training mode
+        # (PyTorch raises "Expected more than 1 value per channel"). Only that batch: with any
+        # other split size the batches are exactly those of an unbroken loader (no drop_last),
+        # so the numbers of every run without such a batch are unchanged (the paper's 10,000
+        # train images in batches of 128 end with 16, as in SESN's loaders, which keep every
+        # batch). The image left out is a different one each epoch (the order is reshuffled);
+        # the schedules count the batches that are run (len()).
+        batches = Batches(images, labels, self.batch_size, shuffle=True, seed=self.seed, min_last=2)
         return _EpochOrderedBatches(batches, self)
 
     def val_dataloader(self) -> Batches:
