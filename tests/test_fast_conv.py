@@ -4,6 +4,7 @@ scalelearn.nn.fast_conv, both bases, supports that differ per scale and kernels 
 image; whole models; the choice of method; and the `scalelearn bench` command."""
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -173,3 +174,25 @@ def _run_bench(argv):
 
     args = build_parser().parse_args(["bench", *argv])
     args.func(args)
+
+
+def test_kernels_taller_than_the_image_train_without_crashing():
+    """oneDNN's conv2d corrupts the heap when a kernel is taller than its (implicitly padded)
+    input: the toy model on a 36 px image with K 73 aborted with `munmap_chunk(): invalid
+    pointer` in its first training step. In a subprocess, so that a crash fails this test only."""
+    script = (
+        "import torch, torch.nn.functional as F\n"
+        "from scalelearn.nn.models import build_model\n"
+        "torch.set_num_threads(2)\n"
+        "m = build_model({'name': 'toy', 'scale_mode': 'single_ratio_squared',\n"
+        "                 'learn_sigma_basis': True, 'sigma_basis': 1.5, 'isr': 6.0})\n"
+        "x = torch.randn(8, 1, 36, 36, generator=torch.Generator().manual_seed(0))\n"
+        "assert m.basis().kernel_size == 73\n"
+        "for _ in range(3):\n"
+        "    F.cross_entropy(m(x), torch.arange(8)).backward()\n"
+        "m.eval()\n"
+        "with torch.inference_mode():\n"
+        "    m(torch.randn(7, 1, 36, 36))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -49,6 +49,18 @@ def _crop(profiles: Tensor, half: int) -> Tensor:
     return profiles[..., centre - half : centre + half + 1]
 
 
+def _conv2d(x: Tensor, kernel: Tensor, padding: tuple[int, int], groups: int = 1) -> Tensor:
+    """F.conv2d with zero padding, padded explicitly where the kernel is taller or wider than the
+    image: oneDNN's CPU convolution corrupts the heap there (`free(): invalid size`, then a
+    crash; toy model, 36 px image, K 73 cropped to 71 rows), and the cropped kernels of the
+    direct and the rows method reach 2·H − 1."""
+    height, width = x.shape[-2:]
+    if kernel.shape[-2] <= height and kernel.shape[-1] <= width:
+        return F.conv2d(x, kernel, padding=padding, groups=groups)
+    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    return F.conv2d(x, kernel, groups=groups)
+
+
 def _fft_size(minimum: int) -> int:
     """Smallest n ≥ minimum whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
     n = minimum
@@ -161,7 +173,7 @@ def _direct(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     halves = _half_sizes(basis, *x.shape[-2:])
     kernels = [_reused(_cropped_kernel, weight, basis, s, half) for s, half in enumerate(halves)]
     ys = [
-        F.conv2d(_scale_input(x, s), kernel, padding=half)
+        _conv2d(_scale_input(x, s), kernel, half)
         for s, (kernel, half) in enumerate(zip(kernels, halves, strict=True))
     ]
     return torch.stack(ys, dim=2)
@@ -230,7 +242,7 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     z = []
     for s, (half, _) in enumerate(_half_sizes(basis, height, width)):
         kernels = _crop(profiles[s], half).repeat(in_channels, 1)[:, None, :, None]
-        z.append(F.conv2d(_scale_input(x, s), kernels, padding=(half, 0), groups=in_channels))
+        z.append(_conv2d(_scale_input(x, s), kernels, (half, 0), groups=in_channels))
     half_w = min(basis.kernel_size // 2, width - 1)
     length = _fft_size(width + half_w)
     z_hat = torch.fft.rfft(torch.stack(z), n=length)  # [S, B, Cin·P, H, k]
