@@ -89,7 +89,8 @@ def test_choice_follows_the_measured_winners():
     sesn = [1.5, 1.89, 2.38, 3.0]
     assert fast_conv._choose(*_layer(8, 1, 16, 168, toy)) == "rows"
     assert fast_conv._choose(*_layer(8, 1, 16, 168, [2.0, 5.5, 15.12])) == "rows"  # K 123
-    assert fast_conv._choose(*_layer(32, 1, 32, 56, sesn, "hermite_b", 7)) == "direct"
+    assert fast_conv._choose(*_layer(32, 1, 32, 56, sesn, "hermite_b", 7)) == "fft"
+    assert fast_conv._choose(*_layer(8, 1, 16, 84, [1.0, 1.732, 3.0])) != "direct"  # quick, K 25
     assert fast_conv._choose(*_layer(32, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
     assert fast_conv._choose(*_layer(32, 63, 95, 14, sesn, "hermite_b", 7, False)) == "fft"
     # oneDNN is pathological for huge kernels: direct is not considered for them, unless the

@@ -274,19 +274,20 @@ def _rows_kernel(weight: Tensor, basis: ScaleBasis, half_w: int, length: int) ->
 
 
 # Cost model, fitted to forward + backward times measured on the 2-core CPU this project runs on
-# (ms, min of 3, shared machine; direct / fft / rows):
-#   toy lifting, B 8, 1→16, 168², hermite_a, K 49 (E2)        653 /  167 /  160
-#   toy lifting, K 123 (E1, ISR 7.56)                       66 157 /  290 /  213
-#   toy lifting, K 193 (E3, σ_b 4, ISR 6)                          – /  418 /  278
-#   SESN lifting, B 32, 1→32, 56², hermite_b, K 25             118 /  271 /  305
-#   SESN H→H, B 32, 32→63, 28²                                 2206 /  357 / 1884
-#   SESN H→H, B 32, 63→95, 14²                                  896 /  358 / 1368
+# (ms, min of 3, idle machine, malloc reusing freed memory as in training; direct / fft / rows):
+#   toy lifting, B 8, 1→16, 168², hermite_a, K 49 (E2)        611 /   72 /   74
+#   toy lifting, K 193 (E3, σ_b 4, ISR 6)                          – /  143 /  124
+#   toy lifting, 84² (quick preset), K 25                       34 /   15 /   15
+#   toy lifting, 84², K 97                                         – /   39 /   30
+#   SESN lifting, B 32, 1→32, 56², hermite_b, K 25              96 /   78 /  112
+#   SESN H→H, B 32, 32→63, 28²                                 2058 /  178 / 1433
+#   SESN H→H, B 32, 63→95, 14²                                 1564 /  201 /  768
 # Units are ns per multiply-accumulate (MAC) or per FFT "point·log2(length)".
 _NS_PER_CONV_MAC = 0.035
-_NS_PER_FFT2_POINT = 0.8
-_NS_PER_FFT1_POINT = 1.2  # 1-D transforms along W, plus the permutes around them
-_NS_PER_COMPLEX_MAC = 0.6
-_NS_PER_KERNEL_MAC = 0.2
+_NS_PER_FFT2_POINT = 0.34
+_NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the permutes around them
+_NS_PER_COMPLEX_MAC = 0.25
+_NS_PER_KERNEL_MAC = 0.085
 # oneDNN's CPU conv2d falls off a cliff for large kernels (1→48 channels on 168², forward per
 # image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
 # is only considered up to this kernel side.
