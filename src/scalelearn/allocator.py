@@ -13,7 +13,6 @@ set ends (after every evaluation pass), so a process does not sit at that peak w
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import sys
 
@@ -94,20 +93,3 @@ def reuse_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(M_MMAP_THRESHOLD, LARGEST)) and bool(mallopt(M_TRIM_THRESHOLD, LARGEST))
-
-
-@contextlib.contextmanager
-def releasing_freed_memory():
-    """Around the block, the memory malloc keeps goes back to the OS: on entry (what the training
-    steps freed, so evaluation's blocks do not come on top of it) and on exit (so the process does
-    not sit at evaluation's peak while it trains on).
-
-    Within the block malloc keeps reusing freed blocks: mapping every large block afresh, as glibc
-    does by default, made evaluation 3-4x slower (page faults; toy model at K 49 and K 193, SESN).
-    Evaluation bounds its working set by chunks instead (scalelearn.nn.evaluation).
-    """
-    release_freed_memory()
-    try:
-        yield
-    finally:
-        release_freed_memory()

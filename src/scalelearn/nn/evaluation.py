@@ -14,14 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from scalelearn.allocator import releasing_freed_memory
 from scalelearn.nn import fast_conv
 from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H
 
 # Working memory one evaluation forward pass may hold (bytes). Estimated at about twice the real
-# peak; malloc keeps and reuses freed blocks during evaluation (scalelearn.allocator), whose heap
-# then holds some fragments too. Measured at K 193 (E3's worst case), 256 images, 2 threads: 1.1 GB
-# resident with this budget, 1.9 GB with 1 GiB, at the same speed.
+# peak; malloc keeps and reuses freed blocks (scalelearn.allocator: mapping every large block
+# afresh made evaluation 3-4x slower), so its heap also holds some fragments. Measured at K 193
+# (E3's worst case), 256 images, 2 threads: 1.1 GB resident with this budget, 1.9 GB with 1 GiB,
+# at the same speed.
 EVAL_MEMORY_BUDGET = 2**29
 # The layers choose their method by batch size: the estimate is made for a batch of this many.
 _NOMINAL_BATCH = 32
@@ -103,5 +103,5 @@ class ChunkedEvaluator:
 def evaluate_logits(model: nn.Module, x: Tensor, chunk: int) -> Tensor:
     """model(x) computed `chunk` images at a time under inference_mode, each layer's kernel
     computed once for all chunks: x [B, ...] -> logits [B, classes]."""
-    with torch.inference_mode(), fast_conv.reuse_kernels(), releasing_freed_memory():
+    with torch.inference_mode(), fast_conv.reuse_kernels():
         return torch.cat([model(x[start : start + chunk]) for start in range(0, len(x), chunk)])

@@ -127,9 +127,16 @@ class ScaleLearner(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    # Evaluation's working set differs from training's: hand what it freed back to the OS
-    # (the allocator otherwise keeps it, see scalelearn.allocator).
+    # Evaluation's working set differs from training's: what one phase freed goes back to the OS
+    # before the other starts (the allocator otherwise keeps it, see scalelearn.allocator), so
+    # neither comes on top of the other and the process does not sit at evaluation's peak.
+    def on_validation_epoch_start(self) -> None:
+        release_freed_memory()
+
     def on_validation_epoch_end(self) -> None:
+        release_freed_memory()
+
+    def on_test_epoch_start(self) -> None:
         release_freed_memory()
 
     def on_test_epoch_end(self) -> None:
