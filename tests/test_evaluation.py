@@ -123,7 +123,7 @@ def test_evaluation_reuses_its_memory_from_call_to_call():
     cfg, size = MODELS["toy_learned"]
     model = trained_looking(cfg).eval()
     x = torch.randn(48, 1, size, size)
-    evaluator = evaluation.ChunkedEvaluator(model, budget=16 * 2**20)
+    evaluator = evaluation.ChunkedEvaluator(model, budget=4 * 2**20)
     assert evaluator.chunk(tuple(x.shape[1:])) < len(x)  # several chunks
 
     def faults_of_one_call() -> int:

@@ -93,6 +93,12 @@ def test_choice_follows_the_measured_winners():
     assert fast_conv._choose(*_layer(8, 1, 16, 84, [1.0, 1.732, 3.0])) != "direct"  # quick, K 25
     assert fast_conv._choose(*_layer(32, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
     assert fast_conv._choose(*_layer(32, 63, 95, 14, sesn, "hermite_b", 7, False)) == "fft"
+    # Evaluation (no autograd) weighs the forward pass alone, where oneDNN's convolution is fast.
+    with torch.inference_mode():
+        assert fast_conv._choose(*_layer(128, 1, 32, 56, sesn, "hermite_b", 7)) == "direct"
+        assert fast_conv._choose(*_layer(32, 1, 16, 84, [1.0, 1.732, 3.0])) == "direct"
+        assert fast_conv._choose(*_layer(32, 1, 16, 84, [2.0, 3.4641, 6.0])) == "rows"
+        assert fast_conv._choose(*_layer(128, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
     # oneDNN is pathological for huge kernels: direct is not considered for them, unless the
     # image crops the kernel small.
     assert "direct" not in fast_conv._costs(*_layer(1, 1, 1, 168, [2.0, 15.12]))

@@ -288,14 +288,20 @@ _NS_PER_FFT2_POINT = 0.34
 _NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the permutes around them
 _NS_PER_COMPLEX_MAC = 0.25
 _NS_PER_KERNEL_MAC = 0.085
+# Without autograd (evaluation) a call is only the forward pass, whose share of the time differs
+# by method: oneDNN's forward convolution is fast and its weight gradient slow. Forward-only times
+# (ms per image, min of 3, inference_mode, kernels reused; direct / fft / rows): toy K 49
+# 5.98 / 3.19 / 3.13, 84² K 25 0.46 / 0.59 / 0.56, 84² K 49 1.30 / 0.70 / 0.67, SESN lifting
+# (B 128) 0.59 / 0.82 / 1.05, SESN H→H 28² 14.1 / 1.11 / 14.3; these factors scale the costs above.
+_FORWARD_SHARE = {"direct": 0.115, "fft": 0.3, "rows": 0.35}
 # oneDNN's CPU conv2d falls off a cliff for large kernels (1→48 channels on 168², forward per
 # image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
 # is only considered up to this kernel side.
 _DIRECT_MAX_SIDE = 57
 
 
-def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis) -> dict[str, float]:
-    """Estimated forward + backward time (ns) of every method for this call."""
+def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) -> dict[str, float]:
+    """Estimated time (ns) of every method for this call: forward + backward, or only forward."""
     batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
     out_channels, _, count = weight.shape
     scales, profiles = basis.profiles.shape[:2]
@@ -319,6 +325,8 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis) -> dict[str, float]:
     costs["rows"] = (
         _NS_PER_FFT1_POINT * rows * length_w * math.log2(length_w) + _NS_PER_COMPLEX_MAC * mix
     )
+    if not backward:
+        costs = {method: cost * _FORWARD_SHARE[method] for method, cost in costs.items()}
     return costs
 
 
@@ -355,9 +363,10 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
 
 
 def _choose(x: Tensor, weight: Tensor, basis: ScaleBasis) -> str:
-    """The method with the smallest estimated cost (a pure function of the shapes, so the choice,
-    and with it the rounding, is the same on every run)."""
-    costs = _costs(x, weight, basis)
+    """The method with the smallest estimated cost, forward + backward where autograd records,
+    else forward only (a pure function of the shapes and the grad mode, so the choice, and with it
+    the rounding, is the same on every run)."""
+    costs = _costs(x, weight, basis, backward=torch.is_grad_enabled())
     return min(costs, key=costs.get)
 
 
