@@ -293,7 +293,7 @@ _NS_PER_KERNEL_MAC = 0.085
 # (ms per image, min of 3, inference_mode, kernels reused; direct / fft / rows): toy K 49
 # 5.98 / 3.19 / 3.13, 84² K 25 0.46 / 0.59 / 0.56, 84² K 49 1.30 / 0.70 / 0.67, SESN lifting
 # (B 128) 0.59 / 0.82 / 1.05, SESN H→H 28² 14.1 / 1.11 / 14.3; these factors scale the costs above.
-_FORWARD_SHARE = {"direct": 0.115, "fft": 0.3, "rows": 0.35}
+_FORWARD_SHARE = {"direct": 0.115, "fft": 0.33, "rows": 0.35}
 # oneDNN's CPU conv2d falls off a cliff for large kernels (1→48 channels on 168², forward per
 # image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
 # is only considered up to this kernel side.
