@@ -7,8 +7,9 @@ spent twice as long in the kernel (55 min) as in user space (27 min). Raising th
 thresholds makes malloc reuse its heap. Measured with `scalelearn bench --threads 2`: fast E2 toy
 step 0.22 s -> 0.14-0.16 s, fast E5 SESN step 1.0 s -> 0.66-0.84 s (the dense reference, whose
 steps are dominated by compute, changes by 5% or less). The cost: freed memory stays with the
-process; `release_freed_memory` (malloc_trim) hands it back where a phase with a larger working
-set ends (after every evaluation pass), so a process does not sit at that peak while it trains.
+process; `release_freed_memory` (malloc_trim) hands it back where one phase ends and another
+with other block sizes begins (the start and end of every validation and test epoch), so neither
+phase comes on top of the other's heap and a process does not sit at evaluation's peak.
 """
 
 from __future__ import annotations
