@@ -69,6 +69,20 @@ def test_every_method_matches_dense_in_float64(method, case, lifting):
     assert_all_close(actual, reference, rtol=1e-10)
 
 
+@pytest.mark.parametrize("out_channels", [8, 3], ids=["two-copies", "one-copy"])
+def test_rows_inverse_fft_layouts_match_dense(out_channels):
+    """`rows` reorders the spectrum for the inverse FFT in two copies where Cout·B·H complex
+    numbers are a multiple of 4 KiB (8·2·16 complex128 here), else in one: both give the dense
+    numbers, gradients included."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, 16, 16, generator=generator, dtype=torch.float64)
+    weight = torch.randn(out_channels, 1, 9, generator=generator, dtype=torch.float64)
+    grad_out = torch.randn(2, out_channels, 2, 16, 16, generator=generator, dtype=torch.float64)
+    args = (("hermite_a", 3), torch.tensor([1.0, 2.0], dtype=torch.float64), x, weight, grad_out)
+    reference = conv_and_grads(z2h_dense, *args)
+    assert_all_close(conv_and_grads(fast_conv._rows, *args), reference, rtol=1e-10)
+
+
 @pytest.mark.parametrize("case", ["a_k49_over_image", "b_sesn"])
 def test_public_layers_match_dense_in_float32(case):
     layers = ((True, fast_conv.z2h_fast, z2h_dense), (False, fast_conv.h2h_fast, h2h_dense))

@@ -29,9 +29,9 @@ from scalelearn.cli import non_negative_int, positive_int
 from scalelearn.errors import ScalelearnError
 
 # model: overrides of MODEL_DEFAULTS; input: [C, H, W]; batch: training batch; eval_batch: images
-# per evaluation call (split into memory-bounded chunks); slow_dense: the dense reference takes
-# minutes per step on CPU (oneDNN's conv2d is pathological for 123×123 and larger kernels), so it
-# runs there only with --all-dense.
+# per evaluation call (split into memory-bounded chunks), 256 as `train.eval_batch_size`;
+# slow_dense: the dense reference takes minutes per step on CPU (oneDNN's conv2d is pathological
+# for 123×123 and larger kernels), so it runs there only with --all-dense.
 CONFIGS: dict[str, dict] = {
     "e2_toy": {
         "about": "E2 toy, learn ISR, σ_b 2 learnable, ISR 3 (K 49)",
@@ -44,14 +44,14 @@ CONFIGS: dict[str, dict] = {
         },
         "input": (1, 168, 168),
         "batch": 8,
-        "eval_batch": 64,
+        "eval_batch": 256,
     },
     "e1_toy_isr7.56": {
         "about": "E1 toy, fixed scales, σ_b 2, ISR 7.56 (K 123)",
         "model": {"name": "toy", "scale_mode": "fixed", "sigma_basis": 2.0, "isr": 7.56},
         "input": (1, 168, 168),
         "batch": 8,
-        "eval_batch": 64,
+        "eval_batch": 256,
         "slow_dense": True,
     },
     "e3_toy_worst": {
@@ -65,7 +65,7 @@ CONFIGS: dict[str, dict] = {
         },
         "input": (1, 168, 168),
         "batch": 8,
-        "eval_batch": 64,
+        "eval_batch": 256,
         "slow_dense": True,
     },
     "e2_toy_84": {
@@ -79,7 +79,7 @@ CONFIGS: dict[str, dict] = {
         },
         "input": (1, 84, 84),
         "batch": 8,
-        "eval_batch": 64,
+        "eval_batch": 256,
     },
     "e3_toy_worst_84": {
         "about": "E3 worst case at reduced resolution: 84 canvas, σ_b 2, ISR 6 (K 97)",
@@ -92,7 +92,7 @@ CONFIGS: dict[str, dict] = {
         },
         "input": (1, 84, 84),
         "batch": 8,
-        "eval_batch": 64,
+        "eval_batch": 256,
         "slow_dense": True,
     },
     "e5_sesn": {
