@@ -21,14 +21,7 @@ from scalelearn.nn.conv import h2h_dense, z2h_dense
 from scalelearn.nn.hermite import ScaleBasis
 from scalelearn.nn.models import SESNConfig, ToyConfig, build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (two threads on a loaded 2-core machine were 100× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def shared(mode="single_ratio_squared", basis="hermite_a", eff=3, num_scales=3, kernel_size_k=2.0):

@@ -33,12 +33,7 @@ EXAMPLE = ROOT / "examples" / "library_example.py"
 SCHEMA = ROOT / "src" / "scalelearn" / "config.schema.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_readme_shows_the_example_file_verbatim():
