@@ -292,17 +292,12 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
         "run_id": resolved.get("run_id"),
         "grid": resolved.get("grid", {}),
     }
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
-    except Diverged as diverged:
-        if not recorder.rows:
-            # metrics.csv is a declared job output: diverged in the first epoch, it has no rows.
-            write_text(out / "metrics.csv", "epoch\n")
+
+    def finish(**outcome) -> dict:
+        """Write summary.json: the run's labels, its outcome, then what every summary records."""
         summary = {
             **labels,
-            "status": "diverged",
-            "reason": diverged.reason,
-            "diverged_epoch": diverged.epoch,
+            **outcome,
             "epochs": train["epochs"],
             "wall_time_s": time.time() - started,
             "device": str(module.device),
@@ -310,24 +305,25 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
         }
         write_json(out / "summary.json", summary)
         return summary
+
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
+    except Diverged as diverged:
+        if not recorder.rows:
+            # metrics.csv is a declared job output: diverged in the first epoch, it has no rows.
+            write_text(out / "metrics.csv", "epoch\n")
+        return finish(status="diverged", reason=diverged.reason, diverged_epoch=diverged.epoch)
     best_path = out / "best.ckpt"
     test = trainer.test(module, datamodule=data, ckpt_path=best_path, verbose=False)[0]
     # trainer.test loaded the best weights into `module`: its scales are the reported ones.
     report = module.model.scale_report()
     best_epoch = int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"])
-    summary = {
-        **labels,
-        "status": "ok",
-        "best_epoch": best_epoch,
-        "best_val_acc": float(best.best_model_score),
-        "test_acc": float(test["test_acc"]),
-        "test_error": 100.0 * (1.0 - float(test["test_acc"])),
-        "test_loss": float(test["test_loss"]),
+    return finish(
+        status="ok",
+        best_epoch=best_epoch,
+        best_val_acc=float(best.best_model_score),
+        test_acc=float(test["test_acc"]),
+        test_error=100.0 * (1.0 - float(test["test_acc"])),
+        test_loss=float(test["test_loss"]),
         **report,
-        "epochs": train["epochs"],
-        "wall_time_s": time.time() - started,
-        "device": str(module.device),
-        "fingerprint": fingerprint,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    )
