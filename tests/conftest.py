@@ -11,3 +11,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def kill_after_epoch(monkeypatch):
+    """kill(epoch): the next train_run raises RuntimeError("killed") right after that epoch's
+    checkpoint and metrics row; returns undo(), which restores normal training."""
+    from scalelearn.train import run as run_module
+
+    record = run_module.EpochRecorder.on_train_epoch_end
+
+    def kill(epoch: int):
+        def record_then_die(self, trainer, module):
+            record(self, trainer, module)
+            if trainer.current_epoch == epoch:
+                raise RuntimeError("killed")
+
+        monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record_then_die)
+        return lambda: monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record)
+
+    return kill

@@ -79,19 +79,6 @@ def metrics(folder: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def kill_after_first_epoch(monkeypatch):
-    """Make the next train_run die after epoch 0's checkpoint; returns the undo function."""
-    record = run_module.EpochRecorder.on_train_epoch_end
-
-    def record_then_die(self, trainer, module):
-        record(self, trainer, module)
-        if trainer.current_epoch == 0:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record_then_die)
-    return lambda: monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record)
-
-
 @pytest.fixture(scope="module")
 def reference_run(data_dir, tmp_path_factory):
     """The tiny run trained once, uninterrupted."""
@@ -163,13 +150,13 @@ def test_same_config_resumes_and_a_foreign_checkpoint_is_discarded(reference_run
 
 
 def test_moved_run_folder_resumes_from_its_own_files(
-    data_dir, reference_run, tmp_path, monkeypatch
+    data_dir, reference_run, tmp_path, kill_after_epoch
 ):
     """Kill a run after epoch 0, move the results folder, delete the original, resume in the
     copy: it finishes with the uninterrupted run's numbers and no file points outside it."""
     folder, summary = reference_run
     original = tmp_path / "original" / "run"
-    undo = kill_after_first_epoch(monkeypatch)
+    undo = kill_after_epoch(0)
     with pytest.raises(RuntimeError, match="killed"):
         run_module.train_run(run_config(data_dir / "b1.4.npz"), original)
     undo()

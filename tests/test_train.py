@@ -115,22 +115,15 @@ def test_reported_scales_are_those_of_the_best_checkpoint(tiny_run):
     assert row["val_acc"] == pytest.approx(summary["best_val_acc"])
 
 
-def test_killed_run_resumes_to_the_same_numbers(tiny_dataset, tiny_run, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_numbers(tiny_dataset, tiny_run, tmp_path, kill_after_epoch):
     """Kill after the second epoch's checkpoint, start again: same metrics as an unbroken run."""
     folder, summary = tiny_run
-    record = run_module.EpochRecorder.on_train_epoch_end
-
-    def record_then_die(self, trainer, module):
-        record(self, trainer, module)
-        if trainer.current_epoch == 1:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record_then_die)
+    undo = kill_after_epoch(1)
     with pytest.raises(RuntimeError, match="killed"):
         run_module.train_run(run_config(tiny_dataset), tmp_path)
     assert not (tmp_path / "summary.json").exists()
     assert (tmp_path / "last.ckpt").exists()
-    monkeypatch.setattr(run_module.EpochRecorder, "on_train_epoch_end", record)
+    undo()
     resumed = run_module.train_run(run_config(tiny_dataset), tmp_path)
     assert read_metrics(tmp_path) == read_metrics(folder)
     for key in ("test_acc", "best_epoch", "internal_scales"):
