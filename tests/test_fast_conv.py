@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from scalelearn import bench
 from scalelearn.cli import main
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn import fast_conv
@@ -91,10 +92,11 @@ def test_public_layers_match_dense_in_float32(case):
         assert_all_close(conv_and_grads(fast, *args), conv_and_grads(dense, *args), rtol=2e-5)
 
 
-def _layer(batch, cin, cout, size, scales, basis="hermite_a", eff=5, lifting=True):
+def _layer(batch, cin, cout, size, scales, basis="hermite_a", eff=5, lifting=True, device="cpu"):
     """(x, weight, basis) placeholders of a layer shape, for the cost model only."""
-    x = torch.empty(batch, cin, *(() if lifting else (len(scales),)), size, size)
-    return x, torch.empty(cout, cin, eff * eff), HermiteBasis(basis, eff)(torch.tensor(scales))
+    x = torch.empty(batch, cin, *(() if lifting else (len(scales),)), size, size, device=device)
+    weight = torch.empty(cout, cin, eff * eff, device=device)
+    return x, weight, HermiteBasis(basis, eff)(torch.tensor(scales, device=device))
 
 
 def test_choice_follows_the_measured_winners():
@@ -117,6 +119,37 @@ def test_choice_follows_the_measured_winners():
     # image crops the kernel small.
     assert "direct" not in fast_conv._costs(*_layer(1, 1, 1, 168, [2.0, 15.12]))
     assert "direct" in fast_conv._costs(*_layer(1, 1, 1, 8, [2.0, 15.12]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_takes_fft_and_agrees_with_dense():
+    """On a GPU every layer takes `fft` (measured fastest or within 5 % there; README "GPU")."""
+    toy, sesn = [2.0, 3.4641, 6.0], [1.5, 1.89, 2.38, 3.0]
+    for args in (
+        _layer(8, 1, 16, 168, toy, device="cuda"),
+        _layer(32, 32, 63, 28, sesn, "hermite_b", 7, False, device="cuda"),
+    ):
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                assert fast_conv._choose(*args) == "fft"
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 30, 26, dtype=torch.float64, device="cuda")
+    weight = torch.randn(4, 1, 25, dtype=torch.float64, device="cuda")
+    basis = HermiteBasis("hermite_a", 5)(torch.tensor(toy, dtype=torch.float64, device="cuda"))
+    torch.testing.assert_close(fast_conv.z2h_fast(x, weight, basis), z2h_dense(x, weight, basis))
+
+
+def test_a_named_method_is_the_one_that_runs():
+    """`_apply(..., method)` (what `bench --methods` times) runs that method, whatever the cost
+    model picks: bit for bit its function's float32 output (the methods round differently)."""
+    x, weight, basis = _layer(2, 1, 3, 20, [1.0, 1.6, 2.1], "hermite_b", 5)
+    torch.manual_seed(0)
+    x, weight = torch.randn_like(x), torch.randn_like(weight)
+    outputs = {method: fast_conv._apply(x, weight, basis, method) for method in METHODS}
+    for method in METHODS:
+        assert torch.equal(outputs[method], fast_conv._METHODS[method](x, weight, basis)), method
+        torch.testing.assert_close(outputs[method], outputs["direct"], rtol=1e-4, atol=1e-4)
+    assert not torch.equal(outputs["fft"], outputs["rows"])  # else the check above proves little
 
 
 def _model_pair(cfg):
@@ -187,6 +220,40 @@ def test_bench_table_and_errors(capsys):
         _run_bench(["--config", "nope"])
     with pytest.raises(ScalelearnError, match="CUDA"):
         _run_bench(["--config", "tiny", "--device", "cpu", "--bf16"])
+
+
+def test_bench_batches_methods_and_profile(capsys):
+    main(
+        ["bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--batch", "3"]
+        + ["--eval-batch", "4", "--json"]
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert {(row["batch"], row["eval_batch"]) for row in rows} == {(3, 4)}
+
+    # --methods: every method the cost model considers, on every layer, at the training batch;
+    # exactly one chosen per layer and mode, and it is the cost model's choice.
+    main(["bench", "--config", "tiny", "--methods", "--batch", "3", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    model = build_model({**bench.CONFIGS["tiny"]["model"], "implementation": "fast"})
+    x = torch.zeros(3, *bench.CONFIGS["tiny"]["input"])
+    with torch.no_grad():
+        basis = model.conv.basis()
+    costs = fast_conv._costs(x, model.conv.weight, basis)
+    assert {row["layer"] for row in rows} == {"conv"}
+    assert {row["method"] for row in rows} == set(costs)
+    for row in rows:
+        assert row["shape"] == [3, 1, 24, 24] and row["train_ms"] > 0 and row["eval_ms"] > 0
+    for mode, grad in (("train", True), ("eval", False)):
+        chosen = [row["method"] for row in rows if row[f"chosen_{mode}"]]
+        with torch.set_grad_enabled(grad):
+            assert chosen == [fast_conv._choose(x, model.conv.weight, basis)]
+    main(["bench", "--config", "tiny", "--methods", "--batch", "3"])
+    out = capsys.readouterr().out
+    assert "chosen" in out and "fastest" in out and "tiny" in out
+
+    main(["bench", "--config", "tiny", "--profile", "--batch", "2"])
+    out = capsys.readouterr().out
+    assert "== tiny, train" in out and "== tiny, eval" in out and "aten::" in out
 
 
 def _run_bench(argv):

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import threading
 import time
+from functools import partial
 
 from scalelearn.allocator import (
     allocated_bytes,
@@ -182,7 +184,9 @@ def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, b
 
     from scalelearn.nn.models import build_model
 
-    model = build_model({**model_cfg, "implementation": implementation}).to(device)
+    if model_cfg["name"] != "cnn":  # the plain CNN has no scale layers, one implementation
+        model_cfg = {**model_cfg, "implementation": implementation}
+    model = build_model(model_cfg).to(device)
     if state is not None:
         model.load_state_dict(state)
     model.train()
@@ -194,7 +198,8 @@ def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, b
             loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
-        model.internal_scales.constrain_()
+        if model.internal_scales is not None:
+            model.internal_scales.constrain_()
 
     return model, step
 
@@ -228,13 +233,15 @@ def bench_config(
     all_dense: bool = False,
     seed: int = 0,
     eval_steps: int = 2,
+    spec: dict | None = None,
 ) -> list[dict]:
-    """Measure one configuration -> one row per implementation measured."""
+    """Measure one configuration (CONFIGS[name], or `spec` in its format) -> one row per
+    implementation measured."""
     import torch
 
     from scalelearn.nn.evaluation import ChunkedEvaluator
 
-    spec = CONFIGS[name]
+    spec = spec or CONFIGS[name]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
@@ -257,12 +264,12 @@ def bench_config(
     skip_dense = spec.get("slow_dense", False) and device.type == "cpu" and not all_dense
     plans = {"fast": steps, "dense": 0 if skip_dense else min(steps, dense_steps)}
     skip_reason = "dense takes minutes per step on CPU" if skip_dense else "--dense-steps 0"
+    active = {impl: count for impl, count in plans.items() if count > 0}
     models, steppers, state = {}, {}, None
-    for implementation in IMPLEMENTATIONS:
+    for implementation in active:
         model, stepper = _trainer(spec["model"], implementation, state, device, bf16)
         state = model.state_dict() if state is None else state
         models[implementation], steppers[implementation] = model, stepper
-    active = {impl: count for impl, count in plans.items() if count > 0}
 
     def synchronized(work) -> float:
         if device.type == "cuda":
@@ -341,6 +348,167 @@ def bench_config(
     return rows
 
 
+def _method_step(x, weight, basis, method, device_type, bf16, train: bool) -> None:
+    """One call of a fast-conv method, as in a training step (forward + backward into the weight,
+    and into the input where a layer below needs it) or in evaluation (forward only)."""
+    import torch
+
+    from scalelearn.nn import fast_conv
+
+    if not train:
+        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=bf16):
+            fast_conv._apply(x, weight, basis, method)
+        return
+    weight = weight.clone().requires_grad_()
+    x = x.clone().requires_grad_(x.dim() == 5)  # H→H layers pass a gradient on
+    with torch.autocast(device_type, torch.bfloat16, enabled=bf16):
+        out = fast_conv._apply(x, weight, basis, method)
+    out.float().sum().backward()
+
+
+def time_methods(name: str, spec: dict, device, bf16: bool = False, repeats: int = 3) -> list[dict]:
+    """Every fast-conv method timed on every scale-equivariant layer of one configuration's model,
+    at its training batch: forward + backward (training) and forward only (evaluation, under
+    inference_mode), the best of `repeats` after one warm-up. One row per layer and method, with
+    whether `fast_conv._choose` picks it in each mode, to check the cost model on this device.
+    On the CPU, `direct` is timed only where the cost model allows it (larger kernels take
+    minutes there)."""
+    import torch
+
+    from scalelearn.nn import fast_conv
+    from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H
+    from scalelearn.nn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({**spec["model"], "implementation": "fast"}).to(device)
+    images = torch.randn(spec["batch"], *spec["input"], device=device)
+    inputs: list[tuple[str, torch.nn.Module, torch.Tensor]] = []
+    layers = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, ScaleConvZ2H | ScaleConvH2H)
+    ]
+    hooks = [
+        module.register_forward_hook(
+            lambda module, args, out, name=name: inputs.append((name, module, args[0].detach()))
+        )
+        for name, module in layers
+    ]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+
+    def timed(work) -> float:
+        best = math.inf
+        for i in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start) if i else best
+        return best
+
+    rows = []
+    for layer, module, x in inputs:
+        with torch.no_grad():
+            basis = module.basis()
+        weight = module.weight.detach()
+        choice = {}
+        for mode, grad in (("train", True), ("eval", False)):
+            with torch.set_grad_enabled(grad):
+                choice[mode] = fast_conv._choose(x, weight, basis)
+        costs = fast_conv._costs(x, weight, basis)
+        methods = list(fast_conv._METHODS) if device.type == "cuda" else list(costs)
+        for method in methods:
+            args = (x, weight, basis, method, device.type, bf16)
+            rows.append(
+                {
+                    "config": name,
+                    "layer": layer,
+                    "shape": list(x.shape),
+                    "kernel_size": max(
+                        2 * h + 1 for h, _ in fast_conv._half_sizes(basis, *x.shape[-2:])
+                    ),
+                    "method": method,
+                    "train_ms": 1e3 * timed(partial(_method_step, *args, train=True)),
+                    "eval_ms": 1e3 * timed(partial(_method_step, *args, train=False)),
+                    "chosen_train": method == choice["train"],
+                    "chosen_eval": method == choice["eval"],
+                    "device": str(device),
+                    "bf16": bf16,
+                }
+            )
+    return rows
+
+
+def profile_config(name: str, spec: dict, device, bf16: bool = False, steps: int = 3) -> str:
+    """torch.profiler's table of the operators of `steps` fast training steps and as many
+    evaluation calls of one configuration (after 3 unprofiled steps), the 20 with the most
+    self time on the device (CUDA) or the CPU."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from scalelearn.nn.evaluation import ChunkedEvaluator
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
+    labels = torch.randint(0, 10, (spec["batch"],), generator=generator).to(device)
+    eval_images = torch.randn(spec["eval_batch"], *spec["input"], generator=generator).to(device)
+    model, step = _trainer(spec["model"], "fast", None, device, bf16)
+    evaluator = ChunkedEvaluator(model)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tables = []
+    for phase in ("train", "eval"):
+        model.train(phase == "train")
+
+        def work(phase=phase):
+            if phase == "train":
+                step(images, labels)
+            else:
+                evaluator(eval_images)
+
+        for _ in range(3):
+            work()
+        with profile(activities=activities) as profiler:
+            for _ in range(steps):
+                work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        table = profiler.key_averages().table(sort_by=sort, row_limit=20)
+        tables.append(f"== {name}, {phase}: {steps} calls\n{table}")
+    return "\n".join(tables)
+
+
+def _format_methods(rows: list[dict]) -> str:
+    """Per layer: the method chosen and the fastest measured, in training and in evaluation."""
+    header = (
+        f"{'config':<16} {'layer':<14} {'K':>4} {'mode':<5} {'chosen':<7} {'ms':>8} "
+        f"{'fastest':<7} {'ms':>8} {'loss':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    layers: dict[tuple, list[dict]] = {}
+    for row in rows:
+        layers.setdefault((row["config"], row["layer"]), []).append(row)
+    for (config, layer), group in layers.items():
+        for mode in ("train", "eval"):
+            chosen = next(r for r in group if r[f"chosen_{mode}"])
+            fastest = min(group, key=lambda r: r[f"{mode}_ms"])
+            loss = chosen[f"{mode}_ms"] / fastest[f"{mode}_ms"]
+            lines.append(
+                f"{config:<16} {layer:<14} {group[0]['kernel_size']:>4} {mode:<5} "
+                f"{chosen['method']:<7} {chosen[f'{mode}_ms']:>8.2f} {fastest['method']:<7} "
+                f"{fastest[f'{mode}_ms']:>8.2f} {loss:>5.2f}x"
+            )
+    lines.append(
+        "chosen: fast_conv's pick from its cost model; fastest: the measured best (ms per call at "
+        "the training batch, best of 3; train: forward + backward, eval: forward only); loss: "
+        "chosen / fastest"
+    )
+    return "\n".join(lines)
+
+
 def _number(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -392,6 +560,15 @@ def _device(choice: str):
     return torch.device(choice)
 
 
+def _with_batches(spec: dict, batch: int | None, eval_batch: int | None) -> dict:
+    """`spec` with its training and evaluation batch sizes replaced where given."""
+    return {
+        **spec,
+        "batch": batch or spec["batch"],
+        "eval_batch": eval_batch or spec["eval_batch"],
+    }
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -412,6 +589,15 @@ def run(args: argparse.Namespace) -> None:
     device = _device(args.device)
     if args.bf16 and device.type != "cuda":
         raise ScalelearnError("--bf16 needs a CUDA device (bfloat16 autocast is timed on GPU only)")
+    specs = {name: _with_batches(CONFIGS[name], args.batch, args.eval_batch) for name in names}
+    if args.profile:
+        for name in names:
+            print(profile_config(name, specs[name], device, args.bf16))
+        return
+    if args.methods:
+        rows = [row for name in names for row in time_methods(name, specs[name], device, args.bf16)]
+        print(json.dumps(rows, indent=1) if args.json else _format_methods(rows))
+        return
     rows = []
     for name in names:
         rows += bench_config(
@@ -423,6 +609,7 @@ def run(args: argparse.Namespace) -> None:
             args.bf16,
             args.all_dense,
             eval_steps=args.eval_steps,
+            spec=specs[name],
         )
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -483,6 +670,27 @@ def register(subparsers) -> None:
         "--all-dense",
         action="store_true",
         help="also time dense where it takes minutes per step on CPU (e1_toy_isr7.56, e3_*)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=positive_int,
+        help="training batch of every config (default: each config's, 8 for the toy model and "
+        "32 for SESN, sized for the CPU; the paper trains with 128)",
+    )
+    parser.add_argument(
+        "--eval-batch", type=positive_int, help="images per evaluation call (default 256)"
+    )
+    parser.add_argument(
+        "--methods",
+        action="store_true",
+        help="instead: time every fast-conv method on every layer (training and evaluation) and "
+        "compare with the method the cost model picks",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: print torch.profiler's top operators of fast training steps and "
+        "evaluation calls",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list of dicts instead")
     parser.set_defaults(func=run)

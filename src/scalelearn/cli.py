@@ -19,6 +19,7 @@ VERB_MODULES = (
     "scalelearn.analysis.cli",
     "scalelearn.analysis.tolerance",
     "scalelearn.bench",
+    "scalelearn.cost",
     "scalelearn.devices",
     "scalelearn.config_doc",
 )

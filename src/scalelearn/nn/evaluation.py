@@ -23,6 +23,9 @@ from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H
 # (E3's worst case), 256 images, 2 threads: 1.1 GB resident with this budget, 1.9 GB with 1 GiB,
 # at the same speed.
 EVAL_MEMORY_BUDGET = 2**29
+# On a GPU the budget is device memory: small chunks would leave it idle between kernel launches.
+# A quarter of the card, at most 8 GiB, leaves room for a second job on the same GPU.
+CUDA_EVAL_MEMORY_BUDGET = 2**33
 # The layers choose their method by batch size: the estimate is made for a batch of this many.
 _NOMINAL_BATCH = 32
 
@@ -72,10 +75,22 @@ def bytes_per_image(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     return largest
 
 
+def memory_budget(device: torch.device, cpu_budget: int = EVAL_MEMORY_BUDGET) -> int:
+    """A working-memory budget (bytes) on `device`: `cpu_budget` on the CPU; on CUDA a quarter of
+    the GPU's memory, at most CUDA_EVAL_MEMORY_BUDGET."""
+    if device.type != "cuda":
+        return cpu_budget
+    total = torch.cuda.get_device_properties(device).total_memory
+    return min(CUDA_EVAL_MEMORY_BUDGET, total // 4)
+
+
 def images_per_chunk(
-    model: nn.Module, image_shape: tuple[int, ...], budget: int = EVAL_MEMORY_BUDGET
+    model: nn.Module, image_shape: tuple[int, ...], budget: int | None = None
 ) -> int:
-    """How many images one evaluation forward pass takes so its memory stays within `budget`."""
+    """How many images one evaluation forward pass takes so its memory stays within `budget`
+    (default: `memory_budget` of the model's device)."""
+    if budget is None:
+        budget = memory_budget(next(model.parameters()).device)
     return max(1, budget // max(1, bytes_per_image(model, image_shape)))
 
 
@@ -85,7 +100,7 @@ class ChunkedEvaluator:
     The chunk size is computed once per image shape (`images_per_chunk`); call in eval mode.
     """
 
-    def __init__(self, model: nn.Module, budget: int = EVAL_MEMORY_BUDGET):
+    def __init__(self, model: nn.Module, budget: int | None = None):
         self.model = model
         self.budget = budget
         self._chunks: dict[tuple[int, ...], int] = {}

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scalelearn.nn import fast_conv
 from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, ScaleMaxProjection
+from scalelearn.nn.evaluation import memory_budget
 from scalelearn.nn.hermite import HermiteBasis, ScaleBasis, kernel_size
 from scalelearn.nn.scales import InternalScales, min_scale
 from scalelearn.nn.shared_basis import SharedBasis
@@ -200,7 +201,8 @@ def _from_previous_layout(
 
 
 # Working memory the toy model's lifting (conv, scale max, ReLU) may hold in a training step,
-# forward and backward, in bytes: larger batches go through it in checkpointed chunks.
+# forward and backward, in bytes, on the CPU (on a GPU: evaluation.memory_budget): larger
+# batches go through it in checkpointed chunks.
 TRAIN_LIFT_BUDGET = 2**30
 # Forward + backward of the lifting, over its forward working set (fast_conv.working_bytes).
 _BACKWARD_FACTOR = 2
@@ -239,7 +241,8 @@ class ToyModel(ScaleEquivariantNet):
             return len(x)
         working = fast_conv.working_bytes(x, self.conv.weight, basis)  # the whole batch
         per_image = _BACKWARD_FACTOR * working // len(x)
-        return max(1, min(len(x), TRAIN_LIFT_BUDGET // per_image))
+        budget = memory_budget(x.device, TRAIN_LIFT_BUDGET)  # a GPU's is larger
+        return max(1, min(len(x), budget // per_image))
 
     def forward(self, x: Tensor) -> Tensor:
         basis = self.basis()  # once per pass, also for every checkpointed chunk

@@ -80,12 +80,16 @@ def evaluate_per_scale(
         n_digits=test_subsample,
         seed=int(run_config.get("seed", 0)),
         antialias=bool(interpolation.get("antialias", False)),
+        # Rendered where the network runs: on a GPU, rendering on the CPU (about 5,000 images/s
+        # at 168² with 4 threads) is slower than the network itself (18,000-29,000 images/s on
+        # an H200). float64 resampling gives the same grey levels on either device.
+        device=device,
     )
     errors = [0] * len(IN_DEPTH_SCALES)
     with torch.inference_mode():
         for batch in batches:
-            logits = module.predict(batch.images.unsqueeze(1).to(device))  # bounded memory
-            wrong = logits.argmax(1).cpu() != batch.labels
+            logits = module.predict(batch.images.unsqueeze(1))  # bounded memory
+            wrong = logits.argmax(1) != batch.labels
             errors[batch.scale_index] += int(wrong.sum())
     n = batches.n_digits
     return [

@@ -300,7 +300,9 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
             **outcome,
             "epochs": train["epochs"],
             "wall_time_s": time.time() - started,
-            "device": str(module.device),
+            # The device it trained on (after trainer.test, Lightning has moved `module` back to
+            # the CPU).
+            "device": str(trainer.strategy.root_device),
             "fingerprint": fingerprint,
         }
         write_json(out / "summary.json", summary)

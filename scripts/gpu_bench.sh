@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU measurements behind README "GPU": the time of every fast-conv method per layer, a
+# profile of the fast training step, fast vs dense in fp32 and bf16 at the paper's batch (128),
+# the whole paper grid's network time (`scalelearn cost`), and 1 vs 4 jobs sharing the GPU. Each
+# step writes OUT/<step>.json (the profile OUT/profile.txt); a step that runs past its limit is
+# stopped and the next one runs.
+#   usage: bash scripts/gpu_bench.sh OUT        (scalelearn importable, one CUDA GPU)
+#   dry run on the CPU: DEVICE=cpu CONFIGS="--config tiny" GRID=config/test.yaml bash ... OUT
+set -u
+out=${1:?usage: bash scripts/gpu_bench.sh OUT}
+device=${DEVICE:-cuda}
+python=${PYTHON:-python3}
+grid=${GRID:-config/config.yaml}
+configs=${CONFIGS:---config e2_toy --config e1_toy_isr7.56 --config e3_toy_worst --config e2_toy_84
+--config e3_toy_worst_84 --config e5_sesn --config e5_sesn_plus}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    timeout "$limit" "$python" -m scalelearn "$@" --json >"$out/$name.json"
+    echo "== $name: exit $? after $((SECONDS - start)) s"
+}
+
+# shellcheck disable=SC2086  # $configs is a list of options
+{
+    step methods 90 bench --device "$device" --methods --batch 128 $configs
+    "$python" -m scalelearn bench --device "$device" --profile --batch 128 --config e2_toy \
+        --config e5_sesn >"$out/profile.txt"
+    step bench_fp32 120 bench --device "$device" --batch 128 --all-dense --steps 10 \
+        --dense-steps 4 --warmup 2 --eval-steps 3 $configs
+    step cost 120 cost --device "$device" --configfile "$grid"
+    # Jobs sharing one GPU: the same fast training steps in 1 and in 4 processes at once (the
+    # median step of each overlaps the others' when the steps outnumber the start-up skew).
+    for config_steps in e2_toy:100 e5_sesn:400; do
+        config=${config_steps%:*} steps=${config_steps#*:}
+        [ "$device" = cuda ] || config=tiny steps=20
+        for jobs in 1 4; do
+            for i in $(seq "$jobs"); do
+                timeout 75 "$python" -m scalelearn bench --device "$device" --config "$config" \
+                    --batch 128 --dense-steps 0 --eval-steps 0 --steps "$steps" --json \
+                    >"$out/.jobs_${config}_${jobs}_$i.json" &
+            done
+            wait
+        done
+    done
+    "$python" - "$out" <<'PY'
+import glob, json, sys
+out = sys.argv[1]
+rows = []
+for path in sorted(glob.glob(f"{out}/.jobs_*.json")):
+    config, jobs, i = path.rsplit("/", 1)[1][len(".jobs_"):-len(".json")].rsplit("_", 2)
+    try:
+        row = json.load(open(path))[0]
+    except (ValueError, IndexError):
+        continue
+    rows.append({"config": config, "jobs": int(jobs), "job": int(i),
+                 "images_per_s": row["images_per_s"]})
+json.dump(rows, open(f"{out}/jobs.json", "w"), indent=1)
+for config in dict.fromkeys(r["config"] for r in rows):
+    for jobs in (1, 4):
+        rates = [r["images_per_s"] for r in rows if r["config"] == config and r["jobs"] == jobs]
+        print(f"== jobs {config} x{jobs}: {len(rates)} finished, {sum(rates):.0f} img/s in all")
+PY
+    rm -f "$out"/.jobs_*.json
+    step bench_bf16 100 bench --device "$device" --bf16 --batch 128 --all-dense --steps 10 \
+        --dense-steps 4 --warmup 2 --eval-steps 3 $configs
+} 2>&1
