@@ -145,6 +145,21 @@ def test_finished_run_started_again_writes_its_metrics_again(tiny_dataset, tiny_
     assert again["test_acc"] == summary["test_acc"]
 
 
+def test_profiled_run_reports_its_loop_with_the_same_numbers(tiny_dataset, tiny_run, tmp_path):
+    """--profiler simple: Lightning's report of the loop in the run folder; nothing else changes."""
+    folder, summary = tiny_run
+    profiled = run_module.train_run(run_config(tiny_dataset), tmp_path, profiler="simple")
+    report = (tmp_path / "fit-profile.txt").read_text()
+    assert "run_training_batch" in report and "save_checkpoint" in report
+    assert (tmp_path / "test-profile.txt").is_file()
+    assert read_metrics(tmp_path) == read_metrics(folder)
+    assert profiled["test_acc"] == summary["test_acc"]
+    assert profiled["device"] == summary["device"] == "cpu"
+    with pytest.raises(ScalelearnError, match="unknown profiler 'fast'"):
+        run_module.train_run(run_config(tiny_dataset), tmp_path / "other", profiler="fast")
+    assert not (tmp_path / "other").exists()
+
+
 def test_non_finite_loss_marks_the_run_diverged(tiny_dataset, tmp_path):
     config = run_config(tiny_dataset, epochs=1, lr=1e30)
     summary = run_module.train_run(config, tmp_path)

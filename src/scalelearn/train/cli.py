@@ -43,7 +43,7 @@ def read_run_config(value: str) -> dict:
 def run(args: argparse.Namespace) -> None:
     from scalelearn.train.run import train_run  # imports torch and Lightning: only when used
 
-    summary = train_run(read_run_config(args.run_config), args.out)
+    summary = train_run(read_run_config(args.run_config), args.out, args.profiler)
     name = f"{summary['experiment']}/{summary['run_id']}"
     if summary["status"] != "ok":
         # Not an error of the command: the run's result is "diverged", recorded in summary.json
@@ -77,4 +77,10 @@ def register(subparsers) -> None:
         help="the run config, inline JSON or a JSON file (`scalelearn runs --show RUN_ID`)",
     )
     parser.add_argument("--out", required=True, type=Path, help="the run folder to write")
+    parser.add_argument(
+        "--profiler",
+        choices=("simple", "advanced", "pytorch"),
+        help="Lightning's profiler: where the training loop's time goes, in OUT/fit-profile.txt "
+        "and OUT/test-profile.txt (the results do not change)",
+    )
     parser.set_defaults(func=run)

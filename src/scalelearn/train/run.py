@@ -220,13 +220,30 @@ def resolve_run_config(run_config: dict) -> dict:
     return resolved
 
 
-def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
+PROFILERS = ("simple", "advanced", "pytorch")
+
+
+def _profiler(name: str | None, out: Path):
+    """Lightning's profiler `name` (PROFILERS) writing its report into the run folder, or None."""
+    if name is None:
+        return None
+    from pytorch_lightning import profilers
+
+    kind = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler}
+    return kind.get(name, profilers.PyTorchProfiler)(dirpath=out, filename="profile")
+
+
+def train_run(run_config: dict, out_dir: str | os.PathLike, profiler: str | None = None) -> dict:
     """Train the run described by `run_config` (as `scalelearn runs --show` prints it) into
-    `out_dir`.
+    `out_dir`. profiler: one of PROFILERS, Lightning's profiler of that name, whose report goes to
+    out_dir/fit-profile.txt and test-profile.txt (where the loop's time goes; the results do not
+    change).
 
     Returns the summary (also written to out_dir/summary.json, last, as the completion marker).
     """
     started = time.time()
+    if profiler not in (None, *PROFILERS):
+        raise ScalelearnError(f"unknown profiler {profiler!r}; choose from {', '.join(PROFILERS)}")
     reuse_freed_memory()
     resolved = resolve_run_config(run_config)
     train, seed = resolved["train"], resolved["seed"]
@@ -276,6 +293,7 @@ def train_run(run_config: dict, out_dir: str | os.PathLike) -> dict:
         ],
         plugins=[AtomicCheckpointIO()],
         logger=False,
+        profiler=_profiler(profiler, out),
         default_root_dir=out,
         num_sanity_val_steps=0,
         enable_progress_bar=sys.stderr.isatty(),
