@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import threading
 import time
@@ -204,6 +203,19 @@ def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, b
     return model, step
 
 
+def _timed(work, device) -> float:
+    """Seconds `work()` takes, the device's queue drained before and after."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _alternate(plans: dict[str, int], timed, device) -> tuple[dict, dict]:
     """Run `timed(implementation)` for the planned counts, alternating the implementations step
     by step. The first measured call of each also records its peak memory; the median time keeps
@@ -271,19 +283,11 @@ def bench_config(
         state = model.state_dict() if state is None else state
         models[implementation], steppers[implementation] = model, stepper
 
-    def synchronized(work) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
     def train_step(implementation: str) -> float:
         # The "+" augmentation is timed with the step, as it runs per batch in training.
-        return synchronized(
-            lambda: steppers[implementation](prepare(images) if prepare else images, labels)
+        return _timed(
+            lambda: steppers[implementation](prepare(images) if prepare else images, labels),
+            device,
         )
 
     for _ in range(warmup):
@@ -298,7 +302,7 @@ def bench_config(
         evaluators[implementation](eval_images[:1])  # warm-up; sizes the chunks
 
     def evaluate(implementation: str) -> float:
-        return synchronized(lambda: evaluators[implementation](eval_images))
+        return _timed(lambda: evaluators[implementation](eval_images), device)
 
     eval_plans = {impl: eval_steps if eval_steps > 0 else 0 for impl in active}
     eval_times, eval_peaks = _alternate(eval_plans, evaluate, device) if eval_steps else ({}, {})
@@ -398,16 +402,8 @@ def time_methods(name: str, spec: dict, device, bf16: bool = False, repeats: int
         hook.remove()
 
     def timed(work) -> float:
-        best = math.inf
-        for i in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            work()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - start) if i else best
-        return best
+        work()  # warm-up
+        return min(_timed(work, device) for _ in range(repeats))
 
     rows = []
     for layer, module, x in inputs:
