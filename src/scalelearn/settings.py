@@ -59,6 +59,8 @@ DATASET_PROTOCOLS = tuple(
     ]
 )
 SPLITS = tuple(_defs("splits")["required"])  # ("train", "val", "test"), in pool order
+# Lightning's profilers `scalelearn train --profiler` offers (a diagnostic, not a config key).
+PROFILERS = ("simple", "advanced", "pytorch")
 
 # --- bounds -----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from scalelearn.errors import ScalelearnError
+from scalelearn.settings import PROFILERS
 
 
 def read_run_config(value: str) -> dict:
@@ -79,7 +80,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, help="the run folder to write")
     parser.add_argument(
         "--profiler",
-        choices=("simple", "advanced", "pytorch"),
+        choices=PROFILERS,
         help="Lightning's profiler: where the training loop's time goes, in OUT/fit-profile.txt "
         "and OUT/test-profile.txt (the results do not change)",
     )

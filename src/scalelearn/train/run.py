@@ -32,7 +32,7 @@ from scalelearn.data.datasets import verify_dataset
 from scalelearn.data.store import write_json
 from scalelearn.errors import ScalelearnError
 from scalelearn.experiments import check_run_config
-from scalelearn.settings import AUGMENTS, MODEL_DEFAULTS, TRAIN_DEFAULTS
+from scalelearn.settings import AUGMENTS, MODEL_DEFAULTS, PROFILERS, TRAIN_DEFAULTS
 from scalelearn.train.datamodule import ScaleDataModule
 from scalelearn.train.divergence import Diverged, DivergenceGuard
 from scalelearn.train.fingerprint import run_fingerprint
@@ -218,9 +218,6 @@ def resolve_run_config(run_config: dict) -> dict:
     resolved["train"] = resolve_train_config(run_config.get("train", {}))
     resolved["seed"] = int(run_config.get("seed", 0))
     return resolved
-
-
-PROFILERS = ("simple", "advanced", "pytorch")
 
 
 def _profiler(name: str | None, out: Path):
