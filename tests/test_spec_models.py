@@ -208,6 +208,41 @@ def test_sesn_relu_pool_batchnorm3d_between_scale_layers(sesn_trace):
     assert layers[2][2].shape == (2, 95, 4, 14, 14)
 
 
+def test_sesn_pool_is_max_pool3d_in_training_and_evaluation():
+    """SESNNet._pool: max_pool3d((1, 2, 2))'s values without autograd (odd sides, ties, NaN) and
+    its gradients with autograd."""
+    from scalelearn.nn.models import SESNNet
+
+    x = torch.randn(2, 3, 4, 9, 7, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0, :4, :4] = 1.0  # ties
+    x[1, 2, 3, 5, 2] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(SESNNet._pool(x), F.max_pool3d(x, (1, 2, 2)), equal_nan=True)
+    x = torch.randn(2, 3, 4, 8, 8, requires_grad=True)
+    grad = torch.randn(2, 3, 4, 4, 4)
+    (ours,) = torch.autograd.grad(SESNNet._pool(x), x, grad)
+    (reference,) = torch.autograd.grad(F.max_pool3d(x, (1, 2, 2)), x, grad)
+    assert torch.equal(ours, reference)
+
+
+def test_toy_pool_is_the_adaptive_max_pool_in_training_and_evaluation():
+    """ToyModel._pool: AdaptiveMaxPool2d(4)'s values without autograd (ties, NaN, sides that 4
+    does not divide) and its gradients with autograd."""
+    model = build_model({"name": "toy"})
+    for side in (24, 26):
+        x = torch.randn(2, 16, side, side, generator=torch.Generator().manual_seed(side))
+        x[0, 0, :6, :6] = 1.0  # ties
+        x[1, 3, 7, 2] = float("nan")
+        with torch.no_grad():
+            expected = F.adaptive_max_pool2d(x, 4)
+            torch.testing.assert_close(model._pool(x), expected, equal_nan=True)
+    x = torch.randn(2, 16, 24, 24, requires_grad=True)
+    grad = torch.randn(2, 16, 4, 4)
+    (ours,) = torch.autograd.grad(model._pool(x), x, grad)
+    (reference,) = torch.autograd.grad(F.adaptive_max_pool2d(x, 4), x, grad)
+    assert torch.equal(ours, reference)
+
+
 def test_sesn_head(sesn_trace):
     """max over scales → ReLU → MaxPool2d(8, 8, padding 2) → BN2d → Linear(380→256) → BN1d → ReLU
     → Dropout(0.7) → Linear(256→10)."""

@@ -256,8 +256,22 @@ class ToyModel(ScaleEquivariantNet):
                     for start in range(0, len(x), chunk)
                 ]
             )
-        x = self.pool(self.bn(x))
+        x = self._pool(self.bn(x))
         return self.fc(x.flatten(1))
+
+    def _pool(self, x: Tensor) -> Tensor:
+        """[B, 16, H, W] -> [B, 16, 4, 4]: `self.pool`, AdaptiveMaxPool2d(4)."""
+        batch, channels, height, width = x.shape
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return self.pool(x)
+        if height % 4 or width % 4:
+            return self.pool(x)
+        # Evaluation on the CPU, windows of H/4 × W/4: the same values from two reductions over
+        # contiguous runs, without the arg-max indices adaptive_max_pool2d computes (1.6 against
+        # 5.2-6.9 ms on [20, 16, 168, 168] with 2 threads; the pool was a tenth of the toy's
+        # evaluation).
+        rows = x.reshape(batch, channels, height, 4, width // 4).amax(-1)
+        return rows.reshape(batch, channels, 4, height // 4, 4).amax(3)
 
 
 def _head(channels: int) -> list[nn.Module]:
@@ -303,7 +317,16 @@ class SESNNet(ScaleEquivariantNet):
 
     @staticmethod
     def _pool(x: Tensor) -> Tensor:
-        return F.max_pool3d(x, (1, 2, 2))
+        """2×2 spatial max pool of every scale, SESN's MaxPool3d((1, 2, 2)): [B, C, S, H, W] ->
+        [B, C, S, H/2, W/2] (odd sides floored)."""
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return F.max_pool3d(x, (1, 2, 2))
+        # Evaluation on the CPU: the same values from elementwise maxima of the four strided
+        # sub-grids. max_pool3d also computes the arg-max indices, single-threaded per plane:
+        # 50 against 8-10 ms on [49, 32, 4, 56, 56] with 2 threads, a fifth of SESN's evaluation.
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+        return torch.maximum(top, torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
