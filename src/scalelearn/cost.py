@@ -5,8 +5,8 @@ evaluated (validation every epoch, the test split once, and for experiments with
 in-depth test: 45 scales × the test digits). Runs that train the same network on the same image
 size share one measurement: `scalelearn bench`'s fast training step at the run's batch size and
 its chunked evaluation at the run's eval batch size, on random images. The estimate counts the
-network's time only: data loading, the per-scale test's image rendering, checkpoints and logging
-come on top (they run on the CPU beside the GPU).
+network's time only: data loading, the per-scale test's image rendering, checkpoints, logging and
+the training loop's own work come on top.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import json
 
 from scalelearn.errors import ScalelearnError
 
-MNIST_FRAME = 28  # E5's MNIST-Scale images are single MNIST frames
-
 
 def run_work(run, per_scale: dict | None) -> dict:
     """A run's network work: its bench spec and the images it trains on and evaluates.
     per_scale: its experiment's `per_scale` section (None: no per-scale test)."""
+    from scalelearn.data.datasets import MNIST_FRAME  # E5's images: single MNIST frames
     from scalelearn.data.in_depth import IN_DEPTH_SCALES
 
     config, params = run.config, run.config["dataset_params"]
