@@ -80,8 +80,8 @@ def evaluate_per_scale(
         n_digits=test_subsample,
         seed=int(run_config.get("seed", 0)),
         antialias=bool(interpolation.get("antialias", False)),
-        # Rendered where the network runs: on a GPU, rendering on the CPU (about 5,000 images/s
-        # at 168² with 4 threads) is slower than the network itself (18,000-29,000 images/s on
+        # Rendered where the network runs: on a GPU, rendering on the CPU (about 3,100 images/s
+        # at 168² on a 2-core CPU) is slower than the network itself (18,000-29,000 images/s on
         # an H200). float64 resampling gives the same grey levels on either device.
         device=device,
     )
