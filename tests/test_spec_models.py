@@ -218,6 +218,14 @@ def test_sesn_pool_is_max_pool3d_in_training_and_evaluation():
     x[1, 2, 3, 5, 2] = float("nan")
     with torch.no_grad():
         torch.testing.assert_close(SESNNet._pool(x), F.max_pool3d(x, (1, 2, 2)), equal_nan=True)
+        # The layers return strided views; the pool's result has max_pool3d's layout, so the
+        # BatchNorm3d after it rounds alike (it does not on other layouts).
+        view = torch.randn(4, 2, 3, 12, 12).permute(1, 2, 0, 3, 4)[..., :8, :8]
+        ours, reference = SESNNet._pool(view), F.max_pool3d(view, (1, 2, 2))
+        assert ours.stride() == reference.stride()
+        bn = torch.nn.BatchNorm3d(3).eval()
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_()
+        assert torch.equal(bn(ours), bn(reference))
     x = torch.randn(2, 3, 4, 8, 8, requires_grad=True)
     grad = torch.randn(2, 3, 4, 4, 4)
     (ours,) = torch.autograd.grad(SESNNet._pool(x), x, grad)
