@@ -203,6 +203,18 @@ def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, b
     return model, step
 
 
+def _random_batches(spec: dict, device, seed: int):
+    """(generator, training images, labels, evaluation images) of a config, seeded; the
+    generator goes on for draws that follow (the "+" configs' uint8 batch)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
+    labels = torch.randint(0, 10, (spec["batch"],), generator=generator).to(device)
+    eval_images = torch.randn(spec["eval_batch"], *spec["input"], generator=generator).to(device)
+    return generator, images, labels, eval_images
+
+
 def _timed(work, device) -> float:
     """Seconds `work()` takes, the device's queue drained before and after."""
     import torch
@@ -255,10 +267,7 @@ def bench_config(
 
     spec = spec or CONFIGS[name]
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
-    labels = torch.randint(0, 10, (spec["batch"],), generator=generator).to(device)
-    eval_images = torch.randn(spec["eval_batch"], *spec["input"], generator=generator).to(device)
+    generator, images, labels, eval_images = _random_batches(spec, device, seed)
     prepare = None
     if spec.get("augment") == "rescale":
         # As in training (ScaleLearner): uint8 batch -> seeded random rescale -> normalise.
@@ -447,10 +456,7 @@ def profile_config(name: str, spec: dict, device, bf16: bool = False, steps: int
 
     from scalelearn.nn.evaluation import ChunkedEvaluator
 
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
-    labels = torch.randint(0, 10, (spec["batch"],), generator=generator).to(device)
-    eval_images = torch.randn(spec["eval_batch"], *spec["input"], generator=generator).to(device)
+    _, images, labels, eval_images = _random_batches(spec, device, seed=0)
     model, step = _trainer(spec["model"], "fast", None, device, bf16)
     evaluator = ChunkedEvaluator(model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

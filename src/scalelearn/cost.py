@@ -66,12 +66,12 @@ def grid_cost(config: dict, device, bf16: bool, steps: int, warmup: int, eval_st
             fast = bench_config(
                 label, steps, 0, warmup, device, bf16, eval_steps=eval_steps, spec=work["spec"]
             )[0]
+            kept = ("images_per_s", "eval_images_per_s", "batch", "eval_batch", "peak_mib")
             measured[key] = {
                 "network": label,
                 "first_run": f"{work['experiment']}/{work['run_id']}",
+                **{k: fast[k] for k in kept},
             }
-            measured[key] |= {k: fast[k] for k in ("images_per_s", "eval_images_per_s")}
-            measured[key] |= {k: fast[k] for k in ("batch", "eval_batch", "peak_mib")}
         rates = measured[key]
         work["network"] = rates["network"]
         work["train_h"] = work["train_images"] / rates["images_per_s"] / 3600

@@ -208,6 +208,13 @@ TRAIN_LIFT_BUDGET = 2**30
 _BACKWARD_FACTOR = 2
 
 
+def _library_pool(x: Tensor) -> bool:
+    """Whether a max pool of `x` runs as PyTorch's own op: where autograd records (its backward
+    needs the arg-max indices) and off the CPU (the faster CPU evaluation forms of the models'
+    pools were not measured there)."""
+    return x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
+
+
 class ToyModel(ScaleEquivariantNet):
     """E1–E4: [B, 1, H, W] (H = W = 168) -> logits [B, 10].
 
@@ -262,9 +269,7 @@ class ToyModel(ScaleEquivariantNet):
     def _pool(self, x: Tensor) -> Tensor:
         """[B, 16, H, W] -> [B, 16, 4, 4]: `self.pool`, AdaptiveMaxPool2d(4)."""
         batch, channels, height, width = x.shape
-        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
-            return self.pool(x)
-        if height % 4 or width % 4:
+        if _library_pool(x) or height % 4 or width % 4:
             return self.pool(x)
         # Evaluation on the CPU, windows of H/4 × W/4: the same values from two reductions over
         # contiguous runs, without the arg-max indices adaptive_max_pool2d computes (1.6 against
@@ -319,7 +324,7 @@ class SESNNet(ScaleEquivariantNet):
     def _pool(x: Tensor) -> Tensor:
         """2×2 spatial max pool of every scale, SESN's MaxPool3d((1, 2, 2)): [B, C, S, H, W] ->
         [B, C, S, H/2, W/2] (odd sides floored)."""
-        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        if _library_pool(x):
             return F.max_pool3d(x, (1, 2, 2))
         # Evaluation on the CPU: the same values from elementwise maxima of the four strided
         # sub-grids. max_pool3d also computes the arg-max indices, single-threaded per plane:

@@ -226,8 +226,12 @@ def _profiler(name: str | None, out: Path):
         return None
     from pytorch_lightning import profilers
 
-    kind = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler}
-    return kind.get(name, profilers.PyTorchProfiler)(dirpath=out, filename="profile")
+    kinds = {
+        "simple": profilers.SimpleProfiler,
+        "advanced": profilers.AdvancedProfiler,
+        "pytorch": profilers.PyTorchProfiler,
+    }
+    return kinds[name](dirpath=out, filename="profile")
 
 
 def train_run(run_config: dict, out_dir: str | os.PathLike, profiler: str | None = None) -> dict:
