@@ -28,6 +28,8 @@ def measured(monkeypatch):
 
 def test_work_and_hours_follow_the_protocol(measured):
     config = load_config("config/test.yaml")
+    # More than one epoch, so that "validation after every epoch" is told apart from "once".
+    config["train"] |= {"epochs": 3, "lr_milestones": [2], "scale_lr_milestones": [2]}
     works, networks = cost.grid_cost(config, torch.device("cpu"), False, 1, 1, 1)
     runs = {f"{run.experiment}/{run.run_id}": run for r in all_runs(config).values() for run in r}
     assert sorted(f"{w['experiment']}/{w['run_id']}" for w in works) == sorted(runs)
