@@ -591,6 +591,10 @@ def run(args: argparse.Namespace) -> None:
     device = _device(args.device)
     if args.bf16 and device.type != "cuda":
         raise ScalelearnError("--bf16 needs a CUDA device (bfloat16 autocast is timed on GPU only)")
+    if args.deterministic:
+        from scalelearn.train.run import training_determinism
+
+        training_determinism(device.type == "cpu")
     specs = {name: _with_batches(CONFIGS[name], args.batch, args.eval_batch) for name in names}
     if args.profile:
         for name in names:
@@ -683,12 +687,19 @@ def register(subparsers) -> None:
         "--eval-batch", type=positive_int, help="images per evaluation call (default 256)"
     )
     parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="run under the determinism settings of `scalelearn train` (torch's deterministic "
+        "algorithms, warn-only on a GPU, without the NaN fill of new tensors)",
+    )
+    instead = parser.add_mutually_exclusive_group()
+    instead.add_argument(
         "--methods",
         action="store_true",
         help="instead: time every fast-conv method on every layer (training and evaluation) and "
         "compare with the method the cost model picks",
     )
-    parser.add_argument(
+    instead.add_argument(
         "--profile",
         action="store_true",
         help="instead: print torch.profiler's top operators of fast training steps and "

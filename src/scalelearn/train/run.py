@@ -44,6 +44,26 @@ logger = logging.getLogger(__name__)
 # config. per_scale.csv is written later by `scalelearn evaluate` from best.ckpt.
 RUN_OUTPUTS = ("last.ckpt", "best.ckpt", "metrics.csv", "summary.json", "per_scale.csv")
 
+# torch.use_deterministic_algorithms also turns on torch's filling of every tensor made by
+# torch.empty and its kin (FFT outputs among them) with NaN (torch.utils.deterministic.
+# fill_uninitialized_memory): a guard for programs that read memory they never wrote, which this
+# one does not (the numbers are the same bit for bit either way, tests/test_train.py). The fill
+# is an extra pass over many of a step's large intermediates: a sixth of a toy training step on
+# the CPU (e2_toy, 2 threads: 108 against 91 ms; SESN 557 against 491 ms).
+FILL_UNINITIALIZED_MEMORY = False
+
+
+def training_determinism(on_cpu: bool) -> None:
+    """Set the determinism training runs under (also for `scalelearn bench --deterministic`):
+    torch's deterministic algorithms, as Lightning's `deterministic` flag sets them (errors on
+    the CPU; only warnings on a GPU, where some kernels such as max-pool's backward have no
+    deterministic version), without the NaN fill of new tensors."""
+    torch.use_deterministic_algorithms(True, warn_only=not on_cpu)
+    torch.backends.cudnn.benchmark = False
+    # cuBLAS reproducibility: https://docs.nvidia.com/cuda/cublas/index.html#results-reproducibility
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.utils.deterministic.fill_uninitialized_memory = FILL_UNINITIALIZED_MEMORY
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary name and renamed, so a killed job never leaves a
@@ -299,10 +319,8 @@ def train_run(run_config: dict, out_dir: str | os.PathLike, profiler: str | None
         num_sanity_val_steps=0,
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
-        # Deterministic kernels on the CPU; on GPUs some (max-pool backward) have no
-        # deterministic version, so only warn there.
-        deterministic=True if on_cpu else "warn",
     )
+    training_determinism(on_cpu)  # the Trainer's `deterministic`, without the NaN fill
     # The run folder is also the checkpoint folder: it already holds config.json.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     last = out / "last.ckpt"
