@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurements behind README "GPU": the time of every fast-conv method per layer, a
 # profile of the fast training step, fast vs dense in fp32 and bf16 at the paper's batch (128),
-# the whole paper grid's network time (`scalelearn cost`), and 1 vs 4 jobs sharing the GPU. Each
-# step writes OUT/<step>.json (the profile OUT/profile.txt); a step that runs past its limit is
-# stopped and the next one runs.
-#   usage: bash scripts/gpu_bench.sh OUT        (scalelearn importable, one CUDA GPU)
+# the whole paper grid's network time (`scalelearn cost`), 1 vs 4 jobs sharing the GPU, the fast
+# training step under training's determinism settings (`bench --deterministic`) and, given a run
+# config (RUN_CONFIG, its dataset on the machine), a real `scalelearn train` with Lightning's
+# profiler and the per-scale test of its checkpoint. Each step writes OUT/<step>.json (the profile
+# OUT/profile.txt, the run OUT/train/); a step that runs past its limit is stopped and the next
+# one runs.
+#   usage: [RUN_CONFIG=RUN.json] bash scripts/gpu_bench.sh OUT   (scalelearn importable, a GPU)
 #   dry run on the CPU: DEVICE=cpu CONFIGS="--config tiny" GRID=config/test.yaml bash ... OUT
 set -u
 out=${1:?usage: bash scripts/gpu_bench.sh OUT}
@@ -13,6 +16,9 @@ python=${PYTHON:-python3}
 grid=${GRID:-config/config.yaml}
 configs=${CONFIGS:---config e2_toy --config e1_toy_isr7.56 --config e3_toy_worst --config e2_toy_84
 --config e3_toy_worst_84 --config e5_sesn --config e5_sesn_plus}
+# The two models profiled and timed under training's determinism settings (dry run: $configs).
+pair="--config e2_toy --config e5_sesn"
+[ "$device" = cuda ] || pair=$configs
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -26,16 +32,16 @@ step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
 # shellcheck disable=SC2086  # $configs is a list of options
 {
     step methods 90 bench --device "$device" --methods --batch 128 $configs
-    "$python" -m scalelearn bench --device "$device" --profile --batch 128 --config e2_toy \
-        --config e5_sesn >"$out/profile.txt"
+    "$python" -m scalelearn bench --device "$device" --profile --batch 128 $pair >"$out/profile.txt"
     step bench_fp32 120 bench --device "$device" --batch 128 --all-dense --steps 10 \
         --dense-steps 4 --warmup 2 --eval-steps 3 $configs
     step cost 120 cost --device "$device" --configfile "$grid"
     # Jobs sharing one GPU: the same fast training steps in 1 and in 4 processes at once (the
     # median step of each overlaps the others' when the steps outnumber the start-up skew).
-    for config_steps in e2_toy:100 e5_sesn:400; do
+    job_configs="e2_toy:100 e5_sesn:400"
+    [ "$device" = cuda ] || job_configs="tiny:20"
+    for config_steps in $job_configs; do
         config=${config_steps%:*} steps=${config_steps#*:}
-        [ "$device" = cuda ] || config=tiny steps=20
         for jobs in 1 4; do
             for i in $(seq "$jobs"); do
                 timeout 75 "$python" -m scalelearn bench --device "$device" --config "$config" \
@@ -66,4 +72,17 @@ PY
     rm -f "$out"/.jobs_*.json
     step bench_bf16 100 bench --device "$device" --bf16 --batch 128 --all-dense --steps 10 \
         --dense-steps 4 --warmup 2 --eval-steps 3 $configs
+    # Training's determinism settings against bench's default (compare with bench_fp32).
+    step bench_deterministic 60 bench --device "$device" --deterministic --batch 128 --steps 10 \
+        --dense-steps 0 --warmup 2 --eval-steps 0 $pair
+    if [ -n "${RUN_CONFIG:-}" ]; then
+        start=$SECONDS
+        timeout 240 "$python" -m scalelearn train --run-config "$RUN_CONFIG" --out "$out/train" \
+            --profiler simple
+        echo "== train: exit $? after $((SECONDS - start)) s"
+        start=$SECONDS
+        timeout 120 "$python" -m scalelearn evaluate --run "$out/train" --test-subsample 1500
+        echo "== evaluate (per-scale test): exit $? after $((SECONDS - start)) s"
+        rm -f "$out"/train/*.ckpt
+    fi
 } 2>&1
