@@ -83,6 +83,26 @@ def test_default_config_plans_e5_runs_baselines_and_mnist_scale_datasets():
     assert "results/tables/e5_table.csv" in output and "results/tables/e5_table.tex" in output
 
 
+def test_two_seeds_overlay_adds_a_second_seed_to_e1_only():
+    """config/quick_two_seeds.yaml after config/quick.yaml: E1 (and its per-scale test) on seeds
+    0 and 1, everything else as in the quick preset."""
+    result = snakemake(
+        "-n", "--configfile", "config/quick.yaml", "config/quick_two_seeds.yaml", "--forceall"
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    runs = set(re.findall(r"results/runs/(\w+)/([^/\s]+)/summary\.json", output))
+    seeds = {}
+    for experiment, run_id in runs:
+        seeds.setdefault(experiment, []).append(run_id.rsplit("_", 1)[1])
+    assert sorted(seeds["e1"]) == ["seed0"] * 15 + ["seed1"] * 15
+    for experiment, count in (("e2", 3), ("e3", 4), ("e4", 2)):
+        assert seeds[experiment] == ["seed0"] * count, experiment
+    assert len(seeds["e5"]) == 10 and len(seeds["e5_baselines"]) == 4
+    counts = job_counts(output)
+    assert counts["evaluate"] == 30 and counts["dataset_scale_distribution"] == 6
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     config = yaml.safe_load((REPO / "config/test.yaml").read_text())
     config["train"]["epochs"] = 0
