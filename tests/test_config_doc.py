@@ -50,6 +50,6 @@ def _paths(value, prefix: str = ""):
 
 def test_every_key_the_presets_use_is_documented():
     documented = set(_documented())
-    for preset in sorted((REPO / "config").glob("*.yaml")):
+    for preset in sorted((REPO / "config").glob("**/*.yaml")):
         used = set(_paths(yaml.safe_load(preset.read_text())))
         assert used <= documented, f"{preset.name}: undocumented {sorted(used - documented)}"

@@ -14,6 +14,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "config").glob("*.yaml"))
+# An overlay is given after the preset it changes (README "Presets").
+WITH_OVERLAYS = [[preset] for preset in PRESETS] + [
+    ["config/quick.yaml", "config/overlays/quick_two_seeds.yaml"]
+]
 # What the jobs need but parsing must not: the job environment's packages beyond Snakemake's own.
 HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning", "scipy", "matplotlib", "mlxtend")
 
@@ -50,9 +54,9 @@ def test_the_shadow_works(no_heavy_packages):
     assert result.returncode != 0 and "torch is not installed" in result.stderr
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_dry_run_parses_without_torch(no_heavy_packages, preset):
-    result = _snakemake(no_heavy_packages, "-n", "--quiet", "rules", "--configfile", preset)
+@pytest.mark.parametrize("files", WITH_OVERLAYS, ids=" ".join)
+def test_dry_run_parses_without_torch(no_heavy_packages, files):
+    result = _snakemake(no_heavy_packages, "-n", "--quiet", "rules", "--configfile", *files)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train" in result.stdout + result.stderr
 

@@ -84,11 +84,10 @@ def test_default_config_plans_e5_runs_baselines_and_mnist_scale_datasets():
 
 
 def test_two_seeds_overlay_adds_a_second_seed_to_e1_only():
-    """config/quick_two_seeds.yaml after config/quick.yaml: E1 (and its per-scale test) on seeds
-    0 and 1, everything else as in the quick preset."""
-    result = snakemake(
-        "-n", "--configfile", "config/quick.yaml", "config/quick_two_seeds.yaml", "--forceall"
-    )
+    """config/overlays/quick_two_seeds.yaml after config/quick.yaml: E1 (and its per-scale
+    test) on seeds 0 and 1, everything else as in the quick preset."""
+    files = ("config/quick.yaml", "config/overlays/quick_two_seeds.yaml")
+    result = snakemake("-n", "--configfile", *files, "--forceall")
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     runs = set(re.findall(r"results/runs/(\w+)/([^/\s]+)/summary\.json", output))
