@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -177,6 +178,26 @@ def test_training_skips_the_nan_fill_of_new_tensors_with_the_same_numbers(
     assert torch.utils.deterministic.fill_uninitialized_memory is True
     assert read_metrics(tmp_path / "with") == read_metrics(tmp_path / "without")
     assert filled["test_acc"] == summary["test_acc"] and filled["test_loss"] == summary["test_loss"]
+
+
+def test_training_determinism_on_a_gpu_warns_instead_of_failing(monkeypatch):
+    """The GPU branch, checked on the CPU: deterministic algorithms only warn there (some CUDA
+    kernels, max-pool's backward among them, have no deterministic version), cuBLAS gets its
+    reproducible workspace, and new tensors are not filled with NaN."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    try:
+        run_module.training_determinism(on_cpu=False)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def test_non_finite_loss_marks_the_run_diverged(tiny_dataset, tmp_path):
