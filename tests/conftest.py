@@ -14,6 +14,20 @@ def one_thread():
 
 
 @pytest.fixture
+def fresh_determinism(monkeypatch):
+    """torch's determinism settings as a process starts (deterministic algorithms off, the NaN
+    fill of new tensors on), restored after the test: it checks what the code under test sets."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@pytest.fixture
 def kill_after_epoch(monkeypatch):
     """kill(epoch): the next train_run raises RuntimeError("killed") right after that epoch's
     checkpoint and metrics row; returns undo(), which restores normal training."""

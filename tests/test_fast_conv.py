@@ -256,26 +256,17 @@ def test_bench_batches_methods_and_profile(capsys):
     assert "== tiny, train" in out and "== tiny, eval" in out and "aten::" in out
 
 
-def test_bench_deterministic_takes_the_settings_of_training(capsys, monkeypatch):
+def test_bench_deterministic_takes_the_settings_of_training(capsys, fresh_determinism):
     """--deterministic: torch's deterministic algorithms (errors, not warnings, on the CPU) without
     the NaN fill of new tensors, as `scalelearn train` runs; --methods and --profile exclude each
     other."""
     from scalelearn.cli import build_parser
 
-    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    torch.use_deterministic_algorithms(False)
-    try:
-        main(["bench", "--config", "tiny", "--steps", "1", "--eval-steps", "0", "--deterministic"])
-        assert "tiny" in capsys.readouterr().out
-        assert torch.are_deterministic_algorithms_enabled()
-        assert not torch.is_deterministic_algorithms_warn_only_enabled()
-        assert torch.utils.deterministic.fill_uninitialized_memory is False
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    main(["bench", "--config", "tiny", "--steps", "1", "--eval-steps", "0", "--deterministic"])
+    assert "tiny" in capsys.readouterr().out
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--methods", "--profile"])
     assert "not allowed with argument" in capsys.readouterr().err

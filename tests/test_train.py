@@ -162,12 +162,11 @@ def test_profiled_run_reports_its_loop_with_the_same_numbers(tiny_dataset, tiny_
 
 
 def test_training_skips_the_nan_fill_of_new_tensors_with_the_same_numbers(
-    tiny_dataset, tmp_path, monkeypatch
+    tiny_dataset, tmp_path, monkeypatch, fresh_determinism
 ):
     """Deterministic training, but without torch's NaN fill of every torch.empty tensor (a sixth
     of a CPU training step): nothing reads memory it did not write, so a run with the fill gives
     the same numbers bit for bit (with NaN in unwritten memory, it would not)."""
-    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
     config = run_config(tiny_dataset, epochs=2)
     config["model"]["implementation"] = "fast"
     summary = run_module.train_run(config, tmp_path / "without")
@@ -180,24 +179,16 @@ def test_training_skips_the_nan_fill_of_new_tensors_with_the_same_numbers(
     assert filled["test_acc"] == summary["test_acc"] and filled["test_loss"] == summary["test_loss"]
 
 
-def test_training_determinism_on_a_gpu_warns_instead_of_failing(monkeypatch):
+def test_training_determinism_on_a_gpu_warns_instead_of_failing(monkeypatch, fresh_determinism):
     """The GPU branch, checked on the CPU: deterministic algorithms only warn there (some CUDA
     kernels, max-pool's backward among them, have no deterministic version), cuBLAS gets its
     reproducible workspace, and new tensors are not filled with NaN."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    try:
-        run_module.training_determinism(on_cpu=False)
-        assert torch.are_deterministic_algorithms_enabled()
-        assert torch.is_deterministic_algorithms_warn_only_enabled()
-        assert torch.utils.deterministic.fill_uninitialized_memory is False
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    run_module.training_determinism(on_cpu=False)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def test_non_finite_loss_marks_the_run_diverged(tiny_dataset, tmp_path):
