@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from scalelearn import allocator
 from scalelearn.cli import main
 from scalelearn.data import datasets, mnist
 from scalelearn.data.in_depth import select_digits
 from scalelearn.data.loader import train_statistics
 from scalelearn.data.rescale import rescale_uint8
 from scalelearn.errors import ScalelearnError
+from scalelearn.train import evaluate as evaluate_command
 from scalelearn.train.evaluate import evaluate_per_scale
 from scalelearn.train.module import ScaleLearner
 from scalelearn.train.run import train_run
@@ -59,6 +61,24 @@ def test_command_writes_one_row_per_scale_at_the_papers_45_scales(trained_run, c
         assert int(row["n"]) == 7 and 0 <= int(row["errors"]) <= 7
         assert float(row["error"]) == pytest.approx(100 * int(row["errors"]) / 7)
     assert "45 scales x 7 digits" in capsys.readouterr().out
+
+
+def test_command_lets_malloc_reuse_freed_memory_first(trained_run, monkeypatch, tmp_path):
+    """The 45 scales' forward passes allocate and free the same large blocks; with glibc's
+    defaults each is mapped afresh, and the quick preset's per-scale test took twice as long
+    (issue #9). The command sets the allocator as training does, before it evaluates."""
+    calls = []
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append("reuse"))
+    evaluate = evaluate_command.evaluate_per_scale
+    monkeypatch.setattr(
+        evaluate_command,
+        "evaluate_per_scale",
+        lambda *args, **kwargs: calls.append("evaluate") or evaluate(*args, **kwargs),
+    )
+    folder, _ = trained_run
+    out = tmp_path / "per_scale.csv"
+    main(["evaluate", "--run", str(folder), "--test-subsample", "3", "--out", str(out)])
+    assert calls == ["reuse", "evaluate"] and out.is_file()
 
 
 def test_counts_equal_an_independent_evaluation_with_train_statistics(trained_run):

