@@ -313,6 +313,15 @@ def test_bench_inputs_are_digits_rendered_as_the_datasets_are(name):
     assert float((noise == noise.amin()).float().mean()) < 0.01  # no background
 
 
+def test_bench_without_the_embedded_digits_names_the_noise_option(monkeypatch, tmp_path):
+    from scalelearn.data import mnist
+
+    monkeypatch.setattr(mnist, "embedded_path", lambda: tmp_path / "mnist_5k.csv.gz")
+    with pytest.raises(ScalelearnError, match="is missing.*--inputs noise"):
+        bench._batches(bench.CONFIGS["tiny"], torch.device("cpu"), seed=0)
+    assert bench._batches(bench.CONFIGS["tiny"], torch.device("cpu"), 0, "noise")[0].shape[0] == 2
+
+
 def _run_bench(argv):
     """The bench verb's function, without main()'s conversion of errors into an exit."""
     from scalelearn.cli import build_parser

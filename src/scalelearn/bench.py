@@ -211,8 +211,8 @@ def _trainer(model_cfg: dict, implementation: str, state: dict | None, device, b
 # std as training normalises by the train split's. `noise`: standard normal pixels, as before.
 # The input matters on the CPU: the scale max of a training step (arg-max with indices) branches
 # per element, and on noise the winning scale changes from pixel to pixel; on digits it rarely
-# does (e2_toy_84, 1 thread, batch 32: 149 ms per fast step on noise, 108 ms on digits, and
-# `scalelearn train` of the quick preset's E1 runs 110 ms).
+# does (the quick preset's E1 model, fixed scales, 84², batch 32, 1 thread: 108 ms per fast step
+# on digits against 126 ms on noise in one process; `scalelearn train` of that run: 106-110 ms).
 INPUTS = ("digits", "noise")
 BENCH_WIDTH = 2**2.25  # b = 4.76, the middle width of E1-E2
 PAPER_CANVAS = 168
@@ -227,7 +227,10 @@ def _digit_images(spec: dict, count: int, rng) -> tuple:
     from scalelearn.data.datasets import MNIST_FRAME, MNIST_SCALE_RANGE, render, shrink_frames
     from scalelearn.data.mnist import load_embedded
 
-    pool, pool_labels, _ = load_embedded()
+    try:
+        pool, pool_labels, _ = load_embedded()
+    except ScalelearnError as error:
+        raise ScalelearnError(f"{error}; or bench on normal pixels: --inputs noise") from error
     index = rng.choice(len(pool), count, replace=count > len(pool))
     frames, canvas = pool[index], spec["input"][-1]
     if canvas == MNIST_FRAME:
