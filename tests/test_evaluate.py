@@ -5,6 +5,8 @@ normalisation, one row per scale."""
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -79,6 +81,24 @@ def test_command_lets_malloc_reuse_freed_memory_first(trained_run, monkeypatch, 
     out = tmp_path / "per_scale.csv"
     main(["evaluate", "--run", str(folder), "--test-subsample", "3", "--out", str(out)])
     assert calls == ["reuse", "evaluate"] and out.is_file()
+
+
+def test_command_runs_without_importing_lightning(trained_run, tmp_path):
+    """Importing Lightning took about 3 of the 9 s of each quick-preset per-scale test (issue #9):
+    the command loads the network from the checkpoint without it (its counts are checked against
+    ScaleLearner's own loading below)."""
+    folder, _ = trained_run
+    out = tmp_path / "per_scale.csv"
+    argv = ["evaluate", "--run", str(folder), "--test-subsample", "2", "--out", str(out)]
+    script = (
+        "import sys\n"
+        "from scalelearn.cli import main\n"
+        f"main({argv!r})\n"
+        "assert 'pytorch_lightning' not in sys.modules, 'Lightning was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.is_file()
 
 
 def test_counts_equal_an_independent_evaluation_with_train_statistics(trained_run):

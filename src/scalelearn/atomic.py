@@ -4,6 +4,8 @@ a killed job never leaves a file that looks complete."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,3 +37,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write `text` to `path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Atomically write `rows` (dicts with the same keys, in order) as a CSV with a header."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -12,8 +12,6 @@ A run that diverges (DIVERGENCE in scalelearn.train.divergence) ends normally wi
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import sys
@@ -27,7 +25,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from scalelearn.allocator import reuse_freed_memory
-from scalelearn.atomic import atomic_path, write_text
+from scalelearn.atomic import atomic_path, write_rows, write_text
 from scalelearn.data.datasets import verify_dataset
 from scalelearn.data.store import write_json
 from scalelearn.errors import ScalelearnError
@@ -105,7 +103,7 @@ class EpochRecorder(Callback):
         for i, scale in enumerate(report.get("internal_scales", [])):
             row[f"scale_{i}"] = scale
         self.rows.append(row)
-        write_csv(self.path, self.rows)
+        write_rows(self.path, self.rows)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -117,15 +115,7 @@ class EpochRecorder(Callback):
         # A run resumed at max_epochs trains no epoch, but Snakemake removed metrics.csv (a job
         # output) before the job: the rows restored from the checkpoint write it again.
         if self.rows:
-            write_csv(self.path, self.rows)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+            write_rows(self.path, self.rows)
 
 
 def resolve_train_config(train: dict) -> dict:
