@@ -41,7 +41,9 @@ def load_network(checkpoint: str | os.PathLike, device):
     state = saved["state_dict"]
     network = build_model(saved["hyper_parameters"]["model"]).to(device)
     # ScaleLearner keeps the network as `model.`; its load hooks read older layouts too.
-    network.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k[:6] == "model."})
+    network.load_state_dict(
+        {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    )
     return network.eval(), state["mean"], state["std"]
 
 
