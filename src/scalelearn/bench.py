@@ -246,7 +246,9 @@ def _digit_images(spec: dict, count: int, rng) -> tuple:
 
 def _normalise(images):
     """uint8 images -> float, by their own mean and std (as training by the train split's)."""
-    images = images.float() / 255.0
+    from scalelearn.data.rescale import to_float
+
+    images = to_float(images)
     return (images - images.mean()) / images.std()
 
 

@@ -82,6 +82,13 @@ class Batches:
             yield self.images[index].unsqueeze(1), self.labels[index]
 
 
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 images -> float32 (images / 255 - mean) / std, with the train split's statistics
+    (`train_statistics`); training, validation, test and the per-scale test all feed the network
+    this."""
+    return (images.float() / 255.0 - mean) / std
+
+
 def train_statistics(images: torch.Tensor | np.ndarray, chunk: int = 4096) -> tuple[float, float]:
     """Mean and standard deviation of ``images / 255`` over all pixels of all images.
 

@@ -64,6 +64,7 @@ def evaluate_per_scale(
 
     from scalelearn.data.datasets import load_dataset
     from scalelearn.data.in_depth import IN_DEPTH_SCALES, InDepthBatches
+    from scalelearn.data.loader import normalise
     from scalelearn.data.store import read_manifest
     from scalelearn.nn.evaluation import ChunkedEvaluator
 
@@ -106,7 +107,7 @@ def evaluate_per_scale(
     errors = [0] * len(IN_DEPTH_SCALES)
     with torch.inference_mode():
         for batch in batches:
-            logits = evaluate((batch.images.unsqueeze(1).float() / 255.0 - mean) / std)
+            logits = evaluate(normalise(batch.images.unsqueeze(1), mean, std))
             wrong = logits.argmax(1) != batch.labels
             errors[batch.scale_index] += int(wrong.sum())
     n = batches.n_digits

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scalelearn.allocator import release_freed_memory
-from scalelearn.data.loader import epoch_seed
+from scalelearn.data.loader import epoch_seed, normalise
 from scalelearn.data.rescale import random_rescale
 from scalelearn.nn.evaluation import ChunkedEvaluator
 from scalelearn.nn.models import ModelConfig, build_model, config_dict, model_config
@@ -76,7 +76,7 @@ class ScaleLearner(pl.LightningModule):
         return self.model.internal_scales
 
     def _normalise(self, images: Tensor) -> Tensor:
-        return (images.float() / 255.0 - self.mean) / self.std
+        return normalise(images, self.mean, self.std)
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 [B, 1, H, W] -> logits [B, 10]."""
