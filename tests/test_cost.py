@@ -63,10 +63,15 @@ def test_work_and_hours_follow_the_protocol(measured):
 def test_cost_command_prints_hours_per_experiment(measured, capsys, monkeypatch):
     # It measures with malloc reusing freed memory, as training and evaluation run (else the
     # evaluation rates come out about half of theirs on the CPU).
-    calls = []
+    # And under training's determinism settings, which choose other kernels on a GPU.
+    from scalelearn.train import run
+
+    calls, settings = [], []
     monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(len(measured)))
+    monkeypatch.setattr(run, "training_determinism", lambda on_cpu: settings.append(on_cpu))
     main(["cost", "--configfile", "config/test.yaml", "--device", "cpu"])
     assert calls == [0], "reuse_freed_memory once, before the first measurement"
+    assert settings == [True], "training_determinism(on_cpu=True) once"
     out = capsys.readouterr().out
     for name in ("e1", "e2", "e3", "e4", "e5", "total", "train_h", "eval_h", "network 1"):
         assert name in out

@@ -42,6 +42,7 @@ def test_cpu_dry_run_writes_every_measurement(tmp_path):
         "GRID": "config/test.yaml",
         "PYTHON": sys.executable,
         "RUN_CONFIG": str(tmp_path / "run.json"),
+        "FULL": "1",  # every step, the optional ones too
     }
     result = subprocess.run(
         ["bash", "scripts/gpu_bench.sh", str(out)],
@@ -67,6 +68,8 @@ def test_cpu_dry_run_writes_every_measurement(tmp_path):
             "digits"
         }
     assert "== tiny, train" in (out / "profile.txt").read_text()
+    assert "== step_ab: exit 0" in log
+    assert "deterministic=True tiny tail select" in (out / "step_ab.txt").read_text()
     jobs = json.loads((out / "jobs.json").read_text())
     assert [(row["config"], row["jobs"]) for row in jobs] == [("tiny", 1)] + [("tiny", 4)] * 4
     assert "== train: exit 0" in log and "== evaluate (per-scale test): exit 0" in log
@@ -75,3 +78,26 @@ def test_cpu_dry_run_writes_every_measurement(tmp_path):
     assert "run_training_batch" in (out / "train/fit-profile.txt").read_text()
     assert (out / "train/per_scale.csv").is_file()
     assert not list((out / "train").glob("*.ckpt")), "checkpoints are not brought back"
+
+
+@pytest.mark.slow
+def test_step_ab_script_dry_run_times_every_variant():
+    """scripts/gpu_step_ab.py (README "GPU" (1) and (2)) on the CPU: every variant's line, then
+    the profile of the old deterministic step."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_step_ab.py"), "cpu", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=True,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("deterministic=")]
+    expected = {
+        f"deterministic={d} tiny {how} {label}"
+        for d in (False, True)
+        for how in ("eager", "tail")
+        for label in ("scatter", "select")
+    }
+    assert {line.split(":")[0] for line in lines} == expected
+    assert "Self CPU time total" in result.stdout

@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> None:
     from scalelearn.allocator import reuse_freed_memory
     from scalelearn.bench import _device
     from scalelearn.experiments import load_config
+    from scalelearn.train.run import training_determinism
 
     reuse_freed_memory()  # as training and the per-scale test run (bench does the same)
     if args.threads:
@@ -139,6 +140,9 @@ def run(args: argparse.Namespace) -> None:
     device = _device(args.device)
     if args.bf16 and device.type != "cuda":
         raise ScalelearnError("--bf16 needs a CUDA device (bfloat16 autocast is timed on GPU only)")
+    # Training steps timed as training runs them: its deterministic algorithms change kernels on
+    # CUDA (a scatter that sorts its indices once took 42 % of an E1 step on an H100).
+    training_determinism(device.type == "cpu")
     config = load_config(args.configfile)
     works, networks = grid_cost(
         config, device, args.bf16, args.steps, args.warmup, args.eval_steps, args.inputs

@@ -156,11 +156,34 @@ def scale_max_projection(x: Tensor) -> Tensor:
     model's [32, 16, 3, 168, 168] output).
     """
     if torch.is_grad_enabled() and x.requires_grad:
+        if x.is_cuda:
+            return _ScaleMax.apply(x)
         return x.max(dim=2).values
     out = x[:, :, 0]
     for scale in range(1, x.shape[2]):
         out = torch.maximum(out, x[:, :, scale])
     return out
+
+
+class _ScaleMax(torch.autograd.Function):
+    """max(dim=2).values whose backward selects instead of scattering: the gradient goes to the
+    arg-max scale (the same saved indices, so the same numbers as max's own backward), written by
+    an elementwise comparison with the scale index. On CUDA, max's backward is a scatter, which
+    under training's deterministic algorithms sorts its indices first."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        values, indices = x.max(dim=2)
+        ctx.save_for_backward(indices)
+        ctx.num_scales = x.shape[2]
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (indices,) = ctx.saved_tensors
+        scales = torch.arange(ctx.num_scales, device=grad.device).view(1, 1, -1, 1, 1)
+        chosen = indices.unsqueeze(2) == scales
+        return torch.where(chosen, grad.unsqueeze(2), grad.new_zeros(()))
 
 
 class ScaleMaxProjection(nn.Module):

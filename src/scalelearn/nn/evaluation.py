@@ -75,13 +75,17 @@ def bytes_per_image(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     return largest
 
 
-def memory_budget(device: torch.device, cpu_budget: int = EVAL_MEMORY_BUDGET) -> int:
+def memory_budget(
+    device: torch.device,
+    cpu_budget: int = EVAL_MEMORY_BUDGET,
+    cuda_budget: int = CUDA_EVAL_MEMORY_BUDGET,
+) -> int:
     """A working-memory budget (bytes) on `device`: `cpu_budget` on the CPU; on CUDA a quarter of
-    the GPU's memory, at most CUDA_EVAL_MEMORY_BUDGET."""
+    the GPU's memory, at most `cuda_budget`."""
     if device.type != "cuda":
         return cpu_budget
     total = torch.cuda.get_device_properties(device).total_memory
-    return min(CUDA_EVAL_MEMORY_BUDGET, total // 4)
+    return min(cuda_budget, total // 4)
 
 
 def images_per_chunk(

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from scalelearn.nn import fast_conv
-from scalelearn.nn.conv import ScaleConvH2H, ScaleConvZ2H, ScaleMaxProjection
+from scalelearn.nn.compiled import CompiledOnCuda
+from scalelearn.nn.conv import (
+    ScaleConvH2H,
+    ScaleConvZ2H,
+    ScaleMaxProjection,
+    scale_max_projection,
+)
 from scalelearn.nn.evaluation import memory_budget
 from scalelearn.nn.hermite import HermiteBasis, ScaleBasis, kernel_size
 from scalelearn.nn.scales import InternalScales, min_scale
@@ -201,9 +207,13 @@ def _from_previous_layout(
 
 
 # Working memory the toy model's lifting (conv, scale max, ReLU) may hold in a training step,
-# forward and backward, in bytes, on the CPU (on a GPU: evaluation.memory_budget): larger
-# batches go through it in checkpointed chunks.
+# forward and backward, in bytes, on the CPU; on a GPU a quarter of its memory, at most
+# CUDA_TRAIN_LIFT_BUDGET (evaluation.memory_budget): larger batches go through it in checkpointed
+# chunks. 16 GiB lets every toy network of the paper take its batch of 128 whole on a card of
+# 64 GB or more (estimated 7.0 GiB at K 49, 11.0 at K 123, 13.8 at K 193); with 8 GiB the
+# networks from K ~100 recomputed half their lifting (H100: e1_toy_isr7.56 3,766 img/s chunked).
 TRAIN_LIFT_BUDGET = 2**30
+CUDA_TRAIN_LIFT_BUDGET = 2**34
 # Forward + backward of the lifting, over its forward working set (fast_conv.working_bytes).
 _BACKWARD_FACTOR = 2
 
@@ -213,6 +223,29 @@ def _library_pool(x: Tensor) -> bool:
     needs the arg-max indices) and off the CPU (the faster CPU evaluation forms of the models'
     pools were not measured there)."""
     return x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _toy_training_head(
+    z: Tensor,
+    bn_weight: Tensor,
+    bn_bias: Tensor,
+    bn_mean: Tensor,
+    bn_var: Tensor,
+    bn_momentum: float,
+    bn_eps: float,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+) -> Tensor:
+    """The toy model's training step after the lifting, [B, 16, S, H, W] -> logits [B, 10]:
+    scale max, ReLU, BatchNorm2d on batch statistics (bn_mean and bn_var updated in place),
+    AdaptiveMaxPool2d(4), Linear. The modules' own operations in function form, so one compiled
+    graph serves every toy model of the same shapes (`scalelearn cost` builds dozens)."""
+    x = F.relu(scale_max_projection(z))
+    x = F.batch_norm(x, bn_mean, bn_var, bn_weight, bn_bias, True, bn_momentum, bn_eps)
+    return F.linear(F.adaptive_max_pool2d(x, 4).flatten(1), fc_weight, fc_bias)
+
+
+TOY_TRAINING_HEAD = CompiledOnCuda(_toy_training_head)
 
 
 class ToyModel(ScaleEquivariantNet):
@@ -248,12 +281,14 @@ class ToyModel(ScaleEquivariantNet):
             return len(x)
         working = fast_conv.working_bytes(x, self.conv.weight, basis)  # the whole batch
         per_image = _BACKWARD_FACTOR * working // len(x)
-        budget = memory_budget(x.device, TRAIN_LIFT_BUDGET)  # a GPU's is larger
+        budget = memory_budget(x.device, TRAIN_LIFT_BUDGET, CUDA_TRAIN_LIFT_BUDGET)
         return max(1, min(len(x), budget // per_image))
 
     def forward(self, x: Tensor) -> Tensor:
         basis = self.basis()  # once per pass, also for every checkpointed chunk
         chunk = self.lift_chunk(x, basis)
+        if chunk >= len(x) and self.training and TOY_TRAINING_HEAD.compiles(x):
+            return self._compiled_head(self.conv(x))
         if chunk >= len(x):
             x = F.relu(self.projection(self.conv(x)))
         else:
@@ -265,6 +300,25 @@ class ToyModel(ScaleEquivariantNet):
             )
         x = self._pool(self.bn(x))
         return self.fc(x.flatten(1))
+
+    def _compiled_head(self, z: Tensor) -> Tensor:
+        """[B, 16, S, H, W] -> logits [B, 10] in training, through TOY_TRAINING_HEAD (compiled on
+        CUDA): what forward's modules compute, BatchNorm's step counter included."""
+        bn = self.bn
+        bn.num_batches_tracked.add_(1)  # as BatchNorm2d's training forward counts
+        # Contiguous: the lifting's output is a view into its padded FFT buffer, whose strides
+        # change with the kernel size, and every new stride would compile the head again.
+        return TOY_TRAINING_HEAD(
+            z.contiguous(),
+            bn.weight,
+            bn.bias,
+            bn.running_mean,
+            bn.running_var,
+            bn.momentum,
+            bn.eps,
+            self.fc.weight,
+            self.fc.bias,
+        )
 
     def _pool(self, x: Tensor) -> Tensor:
         """[B, 16, H, W] -> [B, 16, 4, 4]: `self.pool`, AdaptiveMaxPool2d(4)."""
