@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU measurements behind README "GPU". By default (about 9 minutes on an H100, to fit a lent
-# machine's 15): a profile of the fast training step, fast vs dense in fp32 at the paper's batch
-# (128), the whole paper grid's network time (`scalelearn cost`), the training-step A/B of
-# scripts/gpu_step_ab.py and, given a run config (RUN_CONFIG, its dataset on the machine), a real
-# `scalelearn train` with Lightning's profiler and the per-scale test of its checkpoint. FULL=1
-# adds the time of every fast-conv method per layer, bf16 autocast, 1 vs 4 jobs sharing the GPU and
-# `bench --deterministic`. Each step writes OUT/<step>.json (the profile OUT/profile.txt, the A/B
-# OUT/step_ab.txt, the run OUT/train/); a step that runs past its limit is stopped and the next one
-# runs. The device tool brings back 8 files: pack OUT (`tar czf $OUT/gpu_bench.tgz -C OUT .`).
+# The GPU measurements behind README "GPU". By default (about 4 minutes on an H100, measured step
+# by step; at most 13.5 with every step at its time limit, to fit a lent machine's 15): a profile
+# of the fast training step, fast vs dense in fp32 at the paper's batch (128), the whole paper
+# grid's network time (`scalelearn cost`), the training-step A/B of scripts/gpu_step_ab.py and,
+# given a run config (RUN_CONFIG, its dataset on the machine), a real `scalelearn train` with
+# Lightning's profiler and the per-scale test of its checkpoint. FULL=1 adds the time of every
+# fast-conv method per layer, bf16 autocast, 1 vs 4 jobs sharing the GPU and `bench
+# --deterministic`. Each step writes OUT/<step>.json (the profile OUT/profile.txt, the A/B
+# OUT/step_ab.txt, the run OUT/train/); a step that runs past its limit is stopped and the next
+# one runs. The device tool brings back 8 files: pack OUT (`tar czf $OUT/gpu_bench.tgz -C OUT .`).
 #   usage: [RUN_CONFIG=RUN.json] [FULL=1] bash scripts/gpu_bench.sh OUT   (scalelearn importable)
 #   dry run on the CPU: DEVICE=cpu CONFIGS="--config tiny" GRID=config/test.yaml bash ... OUT
 # A run config of the paper's protocol with a dataset made offline from the official MNIST test

@@ -4,9 +4,10 @@ Every run of the config is reduced to its work: images trained (epochs × train 
 evaluated (validation every epoch, the test split once, and for experiments with `per_scale` the
 in-depth test: 45 scales × the test digits). Runs that train the same network on the same image
 size share one measurement: `scalelearn bench`'s fast training step at the run's batch size and
-its chunked evaluation at the run's eval batch size, on random images. The estimate counts the
-network's time only: data loading, the per-scale test's image rendering, checkpoints, logging and
-the training loop's own work come on top.
+its chunked evaluation at the run's eval batch size, on bench's inputs (`--inputs`: digits
+rendered as the datasets are, or noise), under training's determinism settings. The estimate
+counts the network's time only: data loading, the per-scale test's image rendering, checkpoints,
+logging and the training loop's own work come on top.
 """
 
 from __future__ import annotations

@@ -54,8 +54,9 @@ class CompiledOnCuda:
             # Imported here: torch._dynamo takes seconds to import, and torch.compile has by now.
             from torch._dynamo.exc import TorchDynamoException
 
-            if not isinstance(error, TorchDynamoException):  # raised while compiling, before
-                raise  # anything ran; other errors are the step's own
+            if not isinstance(error, TorchDynamoException):
+                raise  # the step's own error
+            # Compilation failed, before anything of the step ran: run it eagerly, now and on.
             self.failed = True
             warnings.warn(
                 f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); training "
