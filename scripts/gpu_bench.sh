@@ -9,10 +9,10 @@
 # --deterministic`. Each step writes OUT/<step>.json (the profile OUT/profile.txt, the A/B
 # OUT/step_ab.txt, the run OUT/train/); a step that runs past its limit is stopped and the next
 # one runs. The device tool brings back 8 files: pack OUT (`tar czf $OUT/gpu_bench.tgz -C OUT .`).
-#   usage: [RUN_CONFIG=RUN.json] [FULL=1] bash scripts/gpu_bench.sh OUT   (scalelearn importable)
+#   usage: [RUN_CONFIG=RUN.json | IDX_DIR=DIR] [FULL=1] bash scripts/gpu_bench.sh OUT
 #   dry run on the CPU: DEVICE=cpu CONFIGS="--config tiny" GRID=config/test.yaml bash ... OUT
-# A run config of the paper's protocol with a dataset made offline from the official MNIST test
-# digits: README "GPU" ("What a real training run spent its time on").
+# (scalelearn importable). IDX_DIR, a folder of the MNIST IDX files (the official test pair is
+# enough): the run config is made here (see below), as README "GPU" describes.
 set -u
 out=${1:?usage: bash scripts/gpu_bench.sh OUT}
 full=${FULL:-0}
@@ -93,6 +93,30 @@ PY
         # Training's determinism settings against bench's default (compare with bench_fp32).
         step bench_deterministic 60 bench --device "$device" --deterministic --batch 128 --steps 10 \
             --dense-steps 0 --warmup 2 --eval-steps 0 $pair $inputs
+    fi
+    if [ -z "${RUN_CONFIG:-}" ] && [ -n "${IDX_DIR:-}" ]; then
+        # No run config given: E1's run at b 8, ISR 7.56 (K 123) of config/config.yaml, shortened
+        # to EPOCHS epochs (6) of the SPLIT (6,000 training, 3,000 validation, 1,000 test digits)
+        # of a dataset made here from the official MNIST test digits in IDX_DIR (README "GPU").
+        data=${TMPDIR:-/tmp}/gpu_bench_data
+        mkdir -p "$data"
+        # shellcheck disable=SC2046  # SPLIT is three numbers
+        "$python" -m scalelearn data pool --source idx_dir --idx-dir "$IDX_DIR" \
+            --out "$data/pool.npz" &&
+            "$python" -m scalelearn data scale-distribution --pool "$data/pool.npz" --width 8 \
+                --seed 0 --split ${SPLIT:-6000 3000 1000} --out "$data/b8.npz" &&
+            "$python" -m scalelearn runs --config config/config.yaml --experiment e1 \
+                --show b8_isr7.56_seed0 >"$data/paper_run.json" &&
+            "$python" - "$data" "${EPOCHS:-6}" <<'PY' && RUN_CONFIG=$data/run.json
+import json, sys
+data, epochs = sys.argv[1], int(sys.argv[2])
+run = json.load(open(f"{data}/paper_run.json"))
+made = json.load(open(f"{data}/b8.json"))
+run["dataset"] = f"{data}/b8.npz"
+run["dataset_params"]["splits"] = made["split"]
+run["train"]["epochs"] = epochs
+json.dump(run, open(f"{data}/run.json", "w"), indent=1)
+PY
     fi
     if [ -n "${RUN_CONFIG:-}" ]; then
         start=$SECONDS

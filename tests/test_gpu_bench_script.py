@@ -101,3 +101,43 @@ def test_step_ab_script_dry_run_times_every_variant():
     }
     assert {line.split(":")[0] for line in lines} == expected
     assert "Self CPU time total" in result.stdout
+
+
+@pytest.mark.slow
+def test_default_steps_make_the_paper_run_from_idx_digits(tmp_path):
+    """Without FULL only the default steps run; without RUN_CONFIG, IDX_DIR makes the shortened
+    paper run (config/config.yaml's E1 b 8, ISR 7.56) on a dataset built from the IDX digits."""
+    idx_dir = ROOT.parent / "shared" / "data" / "mnist"
+    if not idx_dir.is_dir():
+        pytest.skip(f"no MNIST IDX files in {idx_dir}")
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "CONFIGS": "--config tiny",
+        "GRID": "config/test.yaml",
+        "PYTHON": sys.executable,
+        "IDX_DIR": str(idx_dir),
+        "SPLIT": "60 30 10",
+        "EPOCHS": "1",
+        "TMPDIR": str(tmp_path),
+    }
+    env.pop("FULL", None)
+    result = subprocess.run(
+        ["bash", "scripts/gpu_bench.sh", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    for step in ("bench_fp32", "cost", "step_ab", "train", "evaluate (per-scale test)"):
+        assert f"== {step}: exit 0" in log, step
+    assert not any((out / name).exists() for name in ("methods.json", "jobs.json"))
+    config = json.loads((out / "train/config.json").read_text())
+    assert (config["experiment"], config["run_id"]) == ("e1", "b8_isr7.56_seed0")
+    assert config["dataset_params"]["splits"] == {"train": 60, "val": 30, "test": 10}
+    assert config["train"]["epochs"] == 1 and config["model"]["isr"] == pytest.approx(7.5595, 1e-4)
+    assert json.loads((out / "train/summary.json").read_text())["status"] == "ok"
