@@ -17,6 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 JSON_STEPS = ("methods", "bench_fp32", "cost", "bench_deterministic")
 
 
+def dry_run(out, **settings) -> str:
+    """`bash scripts/gpu_bench.sh OUT` on the CPU with the tiny bench config and the test grid,
+    plus `settings` as environment variables (FULL unset unless given) -> its log."""
+    env = {key: value for key, value in os.environ.items() if key != "FULL"}
+    env.update(DEVICE="cpu", CONFIGS="--config tiny", GRID="config/test.yaml")
+    env.update(PYTHON=sys.executable, **settings)
+    result = subprocess.run(
+        ["bash", "scripts/gpu_bench.sh", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    return log
+
+
 @pytest.mark.slow
 def test_cpu_dry_run_writes_every_measurement(tmp_path):
     images, labels, _ = mnist.load_pool("embedded")
@@ -35,25 +54,8 @@ def test_cpu_dry_run_writes_every_measurement(tmp_path):
     }
     (tmp_path / "run.json").write_text(json.dumps(run_config))
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "DEVICE": "cpu",
-        "CONFIGS": "--config tiny",
-        "GRID": "config/test.yaml",
-        "PYTHON": sys.executable,
-        "RUN_CONFIG": str(tmp_path / "run.json"),
-        "FULL": "1",  # every step, the optional ones too
-    }
-    result = subprocess.run(
-        ["bash", "scripts/gpu_bench.sh", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
+    # FULL: every step, the optional ones too.
+    log = dry_run(out, RUN_CONFIG=str(tmp_path / "run.json"), FULL="1")
     for step in JSON_STEPS:
         assert f"== {step}: exit 0" in log, log[-3000:]
         assert json.loads((out / f"{step}.json").read_text()), step
@@ -111,28 +113,7 @@ def test_default_steps_make_the_paper_run_from_idx_digits(tmp_path):
     if not idx_dir.is_dir():
         pytest.skip(f"no MNIST IDX files in {idx_dir}")
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "DEVICE": "cpu",
-        "CONFIGS": "--config tiny",
-        "GRID": "config/test.yaml",
-        "PYTHON": sys.executable,
-        "IDX_DIR": str(idx_dir),
-        "SPLIT": "60 30 10",
-        "EPOCHS": "1",
-        "TMPDIR": str(tmp_path),
-    }
-    env.pop("FULL", None)
-    result = subprocess.run(
-        ["bash", "scripts/gpu_bench.sh", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
+    log = dry_run(out, IDX_DIR=str(idx_dir), SPLIT="60 30 10", EPOCHS="1", TMPDIR=str(tmp_path))
     for step in ("bench_fp32", "cost", "step_ab", "train", "evaluate (per-scale test)"):
         assert f"== {step}: exit 0" in log, step
     assert not any((out / name).exists() for name in ("methods.json", "jobs.json"))
