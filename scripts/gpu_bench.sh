@@ -100,7 +100,6 @@ PY
         # of a dataset made here from the official MNIST test digits in IDX_DIR (README "GPU").
         data=${TMPDIR:-/tmp}/gpu_bench_data
         mkdir -p "$data"
-        # shellcheck disable=SC2046  # SPLIT is three numbers
         "$python" -m scalelearn data pool --source idx_dir --idx-dir "$IDX_DIR" \
             --out "$data/pool.npz" &&
             "$python" -m scalelearn data scale-distribution --pool "$data/pool.npz" --width 8 \

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from scalelearn.data.rescale import to_float
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for the shuffle of ``epoch`` under ``seed``."""
@@ -86,7 +88,7 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 images -> float32 (images / 255 - mean) / std, with the train split's statistics
     (`train_statistics`); training, validation, test and the per-scale test all feed the network
     this."""
-    return (images.float() / 255.0 - mean) / std
+    return (to_float(images) - mean) / std
 
 
 def train_statistics(images: torch.Tensor | np.ndarray, chunk: int = 4096) -> tuple[float, float]:

@@ -123,14 +123,9 @@ def evaluate_per_scale(
     ]
 
 
-def write_per_scale(rows: list[dict], path: str | os.PathLike) -> None:
-    from scalelearn.atomic import write_rows
-
-    write_rows(path, rows)
-
-
 def _evaluate(args: argparse.Namespace) -> None:
     from scalelearn.allocator import reuse_freed_memory
+    from scalelearn.atomic import write_rows
 
     # As in training: the 45 scales' forward passes allocate and free the same large blocks;
     # glibc's defaults would map each afresh (the quick preset's per-scale test of one run,
@@ -144,7 +139,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.run, test_subsample=args.test_subsample, batch_size=args.batch_size, device=args.device
     )
     out = args.out or Path(args.run) / "per_scale.csv"
-    write_per_scale(rows, out)
+    write_rows(out, rows)
     if not rows[0]["n"]:
         print(f"{out}: the run did not finish ok; no per-scale numbers")
         return
