@@ -1,10 +1,11 @@
-"""The compiled training head of the toy model (GPU training) and the scale max's backward.
+"""The compiled head of the toy model (GPU training and evaluation) and the scale max's backward.
 
-On CUDA a training step of the toy model runs its part after the lifting through
-`models.TOY_TRAINING_HEAD` (torch.compile). Without a GPU these tests force that path on the CPU:
-the function form must compute what the modules compute (logits, gradients, BatchNorm's running
-statistics and step counter), inductor's compiled form the same up to rounding and the same from
-run to run, and a failed compilation must fall back to eager without running the step twice.
+On CUDA the toy model runs its part after the lifting through torch.compile, in training steps
+(`models.TOY_TRAINING_HEAD`) and in evaluation (`models.TOY_EVAL_HEAD`). Without a GPU these
+tests force that path on the CPU: the function form must compute what the modules compute
+(logits, gradients, BatchNorm's running statistics and step counter; evaluation's logits),
+inductor's compiled form the same up to rounding and the same from run to run, and a failed
+compilation must fall back to eager without running the step twice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 
 from scalelearn.nn import compiled, models
 from scalelearn.nn.conv import _ScaleMax
-from scalelearn.nn.models import _toy_training_head, build_model
+from scalelearn.nn.evaluation import evaluate_logits
+from scalelearn.nn.models import _toy_head, build_model
 
 
 def test_scale_max_backward_by_selection_equals_max_backward_also_on_ties():
@@ -52,14 +54,34 @@ def _batch(dtype=torch.float64):
     return x, torch.randint(0, 10, (4,), generator=generator)
 
 
-@pytest.fixture
-def head(monkeypatch):
-    """A fresh TOY_TRAINING_HEAD that also takes CPU tensors."""
-    fresh = compiled.CompiledOnCuda(_toy_training_head)
+@pytest.fixture(autouse=True)
+def _forget_compilations():
+    """torch.compile keeps its graphs per function code, across CompiledOnCuda objects: each
+    test starts without them (and without the recompilations of the others counted)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _fresh(monkeypatch, name: str):
+    """A fresh models.<name> (the same function and dynamic) that also takes CPU tensors."""
+    fresh = compiled.CompiledOnCuda(_toy_head, getattr(models, name).dynamic)
     fresh.devices = ("cpu", "cuda")
-    monkeypatch.setattr(models, "TOY_TRAINING_HEAD", fresh)
+    monkeypatch.setattr(models, name, fresh)
     monkeypatch.delenv(compiled.ENV, raising=False)
     return fresh
+
+
+@pytest.fixture
+def head(monkeypatch):
+    """A fresh TOY_TRAINING_HEAD (training) that also takes CPU tensors."""
+    return _fresh(monkeypatch, "TOY_TRAINING_HEAD")
+
+
+@pytest.fixture
+def eval_head(monkeypatch):
+    """A fresh TOY_EVAL_HEAD that also takes CPU tensors."""
+    return _fresh(monkeypatch, "TOY_EVAL_HEAD")
 
 
 def test_the_head_function_computes_what_the_modules_compute(head):
@@ -117,18 +139,58 @@ def test_failed_compilation_warns_once_and_runs_the_step_once_eagerly(head, monk
     assert len(calls) == 1
 
 
-def test_compiles_only_cuda_training_and_obeys_the_environment(monkeypatch):
-    head = compiled.CompiledOnCuda(_toy_training_head)
+def test_compiles_only_on_cuda_and_obeys_the_environment(monkeypatch):
+    head = compiled.CompiledOnCuda(_toy_head)
     monkeypatch.delenv(compiled.ENV, raising=False)
     cpu = torch.zeros(1)
     assert not head.compiles(cpu)  # CPU numbers stay eager PyTorch's
     head.devices = ("cpu",)
     assert head.compiles(cpu)
-    with torch.no_grad():
-        assert not head.compiles(cpu)  # evaluation stays eager
+    with torch.inference_mode():
+        assert head.compiles(cpu)  # evaluation too
     monkeypatch.setenv(compiled.ENV, "0")
     assert not head.compiles(cpu)
     assert models.TOY_TRAINING_HEAD.devices == ("cuda",)
+
+
+def _evaluate(model, x):
+    model.eval()
+    return evaluate_logits(model, x, chunk=3)  # chunks of 3 and 1: two shapes
+
+
+def test_the_evaluation_head_computes_what_the_modules_compute(eval_head):
+    """Evaluation (inference mode, BatchNorm on its running statistics, chunks): the function
+    form gives the modules' logits bit for bit, the compiled form to rounding, repeatably."""
+    model = _toy()
+    x, labels = _batch()
+    _step(model, x, labels)  # running statistics away from their initial 0 and 1
+    eval_head.devices = ()
+    expected = _evaluate(model, x)
+    eval_head.devices = ("cpu",)
+    eval_head.compiled = eval_head.fn
+    assert torch.equal(_evaluate(model, x), expected)
+    assert model.bn.num_batches_tracked == 1  # evaluation does not count steps
+    eval_head.compiled = None
+    model = model.float()
+    first = _evaluate(model, x.float())
+    assert eval_head.compiled is not None and not eval_head.failed
+    torch.testing.assert_close(first, expected.float(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(_evaluate(model, x.float()), first)
+
+
+def test_evaluation_compiles_at_most_twice_whatever_the_chunk_sizes(eval_head):
+    """Evaluation chunks come in many sizes (the chunk, each batch's remainder): after the first
+    change the batch size is dynamic, so no size compiles a graph of its own (torch.compile would
+    stop at 8 and run the rest eagerly)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    eval_head.compiled = torch.compile(eval_head.fn, backend=counter, dynamic=eval_head.dynamic)
+    model = _toy(torch.float32).eval()
+    with torch.inference_mode():
+        for size in (5, 3, 7, 2, 6):
+            model._compiled_head(torch.randn(size, 16, 3, 32, 32))
+    assert counter.frame_count <= 2
 
 
 def test_the_head_compiles_once_whatever_the_lifting_output_strides(head):
@@ -137,7 +199,7 @@ def test_the_head_compiles_once_whatever_the_lifting_output_strides(head):
     from torch._dynamo.testing import CompileCounter
 
     counter = CompileCounter()
-    head.compiled = torch.compile(head.fn, backend=counter, dynamic=False)
+    head.compiled = torch.compile(head.fn, backend=counter, dynamic=head.dynamic)
     model = _toy(torch.float32)
     for padded in (40, 44, 52):  # three kernel sizes' buffers, the same [4, 16, 3, 32, 32] view
         z = torch.randn(4, 16, 3, padded, padded)[..., :32, :32].requires_grad_()

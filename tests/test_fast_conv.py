@@ -97,7 +97,7 @@ def _layer(batch, cin, cout, size, scales, basis="hermite_a", eff=5, lifting=Tru
     """(x, weight, basis) placeholders of a layer shape, for the cost model only."""
     x = torch.empty(batch, cin, *(() if lifting else (len(scales),)), size, size, device=device)
     weight = torch.empty(cout, cin, eff * eff, device=device)
-    return x, weight, HermiteBasis(basis, eff)(torch.tensor(scales, device=device))
+    return x, weight, HermiteBasis(basis, eff).to(device)(torch.tensor(scales, device=device))
 
 
 def test_choice_follows_the_measured_winners():

@@ -80,6 +80,16 @@ def test_cpu_dry_run_writes_every_measurement(tmp_path):
     assert "run_training_batch" in (out / "train/fit-profile.txt").read_text()
     assert (out / "train/per_scale.csv").is_file()
     assert not list((out / "train").glob("*.ckpt")), "checkpoints are not brought back"
+    assert "== eval_ab: exit 0" in log
+    assert "tiny: eval of 4" in (out / "eval_ab.txt").read_text()
+    # The loop: 1, 2 and 3 trainings at once, each with its summary and Lightning's profile, and
+    # the per-scale tests of two of them, alone and at once.
+    loop = (out / "loop.txt").read_text()
+    for line in ("alone x1", "two x2", "three x3", "per-scale test x1", "per-scale test x2"):
+        assert f"== loop {line}: " in loop, loop
+    assert loop.count('"wall_time_s"') == 6 and loop.count("run_training_epoch") == 6, loop
+    assert all((out / f"loop/two-{i}/per_scale.csv").is_file() for i in (1, 2))
+    assert not list((out / "loop").glob("*/*.ckpt"))
 
 
 @pytest.mark.slow

@@ -150,3 +150,61 @@ def test_function_that_vanishes_at_the_smallest_scale_is_left_out_not_nan():
     weights = torch.randn(built.dense().shape, dtype=torch.float64)
     (gradient,) = torch.autograd.grad((built.dense() * weights).sum(), scales)
     assert torch.isfinite(gradient).all()
+
+
+def _training_step(model, optimizer, x, labels):
+    """One step as ScaleLearner takes it: forward, backward, Adam, projection of the scales."""
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), labels).backward()
+    optimizer.step()
+    model.internal_scales.constrain_()
+
+
+def _toy_and_batch(scale_mode: str, device: str = "cpu"):
+    from scalelearn.nn.models import build_model
+
+    torch.manual_seed(0)
+    config = {"name": "toy", "scale_mode": scale_mode, "sigma_basis": 1.0, "isr": 2.0}
+    model = build_model(config).to(device).train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    x = torch.randn(4, 1, 32, 32, device=device)
+    return model, optimizer, x, torch.randint(0, 10, (4,), device=device)
+
+
+def test_fixed_scales_keep_their_basis_across_training_steps():
+    """E1's scales are fixed: the basis is computed once, not after every step (each computation
+    reads the scales from the GPU, which waits for it)."""
+    model, optimizer, x, labels = _toy_and_batch("fixed")
+    first = model.basis()
+    for _ in range(2):
+        _training_step(model, optimizer, x, labels)
+    assert model.basis() is first
+    # Learned scales change at every step: their basis is computed again.
+    model, optimizer, x, labels = _toy_and_batch("single_ratio_squared")
+    first = model.basis()
+    _training_step(model, optimizer, x, labels)
+    assert model.basis() is not first
+
+
+def _synchronisations(work, *args) -> int:
+    """How many times `work(*args)` waits for the GPU (torch.cuda's sync debug mode)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            work(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_steps_wait_for_the_gpu_once_per_basis_and_never_with_fixed_scales():
+    for scale_mode, waits in (("single_ratio_squared", 1), ("fixed", 0)):
+        model, optimizer, x, labels = _toy_and_batch(scale_mode, "cuda")
+        for _ in range(2):  # warm-up: lazy initialisation, compilation
+            _training_step(model, optimizer, x, labels)
+        assert _synchronisations(_training_step, model, optimizer, x, labels) == waits

@@ -76,6 +76,7 @@ def test_network_projection_stops_at_the_smallest_scale_of_its_basis(mode, k):
     let a learnable smallest scale reach a 1-px support and a NaN basis."""
     model = build_model(
         {"name": "toy", "scale_mode": mode, "isr": 100.0, "kernel_size_k": k, "sigma_basis": 1.0}
+        | {"learn_sigma_basis": True}
     )
     scales = model.internal_scales
     with torch.no_grad():

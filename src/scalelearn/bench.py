@@ -366,6 +366,8 @@ def bench_config(
     for implementation in active:
         models[implementation].eval()
         evaluators[implementation](eval_images[:1])  # warm-up; sizes the chunks
+        if device.type == "cuda":  # compiles the toy head for the timed shapes (nn.compiled)
+            evaluators[implementation](eval_images)
 
     def evaluate(implementation: str) -> float:
         return _timed(lambda: evaluators[implementation](eval_images), device)

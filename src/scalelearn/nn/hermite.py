@@ -153,8 +153,11 @@ class HermiteBasis(nn.Module):
         complete from a smallest scale of scales.min_scale(k) up (support >= 3 px there); below
         it, a profile that is 0 at the smallest scale is returned as 0 at every scale, not NaN.
         """
-        size = kernel_size(scales, self.kernel_size_k)
-        support = supports(scales, size)
+        # The sizes come from the scales' values: read them from the device once (each read
+        # waits for the GPU to finish all queued work, and leaves it idle until the next launch).
+        host = scales.detach().to("cpu", torch.float64)
+        size = kernel_size(host, self.kernel_size_k)
+        support = supports(host, size)
         half = size // 2
         x = torch.arange(-half, half + 1, dtype=scales.dtype, device=scales.device)
         # Sub-sigmas σ_s / mult^m, computed in the dtype of the scales (float64 in tests).
@@ -163,12 +166,14 @@ class HermiteBasis(nn.Module):
         table = hermite_1d(x, sigma, self.max_order)  # [orders, S, P, K]
         p = torch.arange(self.profile_order.numel(), device=scales.device)
         profiles = table[self.profile_order, :, p].transpose(0, 1)  # [S, P, K]
-        half_support = torch.tensor([(n - 1) // 2 for n in support], device=scales.device)
-        mask = x.abs()[None, :] <= half_support[:, None]  # [S, K]
+        # Made on the CPU and sent without waiting (a tensor made on the GPU from a list waits).
+        half_support = torch.tensor([(n - 1) // 2 for n in support])
+        offsets = torch.arange(-half, half + 1).abs()
+        mask = (offsets[None, :] <= half_support[:, None]).to(scales.device, non_blocking=True)
         profiles = profiles * mask[:, None, :]
         # Normalise every function by its L2 norm at the smallest scale; the 2-D norm of a
         # separable function is the product of its profiles' norms.
-        smallest = int(torch.argmin(scales.detach()))
+        smallest = int(torch.argmin(host))
         squared = profiles[smallest].pow(2).sum(-1)  # [P]
         # A profile that is 0 on the smallest scale's support has no such norm: the odd orders
         # on a 1-px support (a smallest scale below scales.min_scale(k), which the networks

@@ -225,8 +225,9 @@ def _library_pool(x: Tensor) -> bool:
     return x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
 
 
-def _toy_training_head(
+def _toy_head(
     z: Tensor,
+    training: bool,
     bn_weight: Tensor,
     bn_bias: Tensor,
     bn_mean: Tensor,
@@ -236,16 +237,22 @@ def _toy_training_head(
     fc_weight: Tensor,
     fc_bias: Tensor,
 ) -> Tensor:
-    """The toy model's training step after the lifting, [B, 16, S, H, W] -> logits [B, 10]:
-    scale max, ReLU, BatchNorm2d on batch statistics (bn_mean and bn_var updated in place),
-    AdaptiveMaxPool2d(4), Linear. The modules' own operations in function form, so one compiled
-    graph serves every toy model of the same shapes (`scalelearn cost` builds dozens)."""
+    """The toy model after the lifting, [B, 16, S, H, W] -> logits [B, 10]: scale max, ReLU,
+    BatchNorm2d (training: on batch statistics, bn_mean and bn_var updated in place; else on
+    bn_mean and bn_var), AdaptiveMaxPool2d(4), Linear. The modules' own operations in function
+    form, so one compiled graph per mode serves every toy model of the same shapes (`scalelearn
+    cost` builds dozens)."""
     x = F.relu(scale_max_projection(z))
-    x = F.batch_norm(x, bn_mean, bn_var, bn_weight, bn_bias, True, bn_momentum, bn_eps)
+    x = F.batch_norm(x, bn_mean, bn_var, bn_weight, bn_bias, training, bn_momentum, bn_eps)
     return F.linear(F.adaptive_max_pool2d(x, 4).flatten(1), fc_weight, fc_bias)
 
 
-TOY_TRAINING_HEAD = CompiledOnCuda(_toy_training_head)
+# Training: static shapes (the batch and the epoch's last, smaller one). Evaluation: its chunk
+# sizes vary with the kernel size and the batch remainders, so its batch size becomes dynamic
+# after the first change instead of compiling a graph per size (torch.compile stops compiling
+# after 8 and runs every further size eagerly).
+TOY_TRAINING_HEAD = CompiledOnCuda(_toy_head)
+TOY_EVAL_HEAD = CompiledOnCuda(_toy_head, dynamic=None)
 
 
 class ToyModel(ScaleEquivariantNet):
@@ -287,7 +294,7 @@ class ToyModel(ScaleEquivariantNet):
     def forward(self, x: Tensor) -> Tensor:
         basis = self.basis()  # once per pass, also for every checkpointed chunk
         chunk = self.lift_chunk(x, basis)
-        if chunk >= len(x) and self.training and TOY_TRAINING_HEAD.compiles(x):
+        if chunk >= len(x) and self._head().compiles(x):
             return self._compiled_head(self.conv(x))
         if chunk >= len(x):
             x = F.relu(self.projection(self.conv(x)))
@@ -301,15 +308,20 @@ class ToyModel(ScaleEquivariantNet):
         x = self._pool(self.bn(x))
         return self.fc(x.flatten(1))
 
+    def _head(self) -> CompiledOnCuda:
+        return TOY_TRAINING_HEAD if self.training else TOY_EVAL_HEAD
+
     def _compiled_head(self, z: Tensor) -> Tensor:
-        """[B, 16, S, H, W] -> logits [B, 10] in training, through TOY_TRAINING_HEAD (compiled on
-        CUDA): what forward's modules compute, BatchNorm's step counter included."""
+        """[B, 16, S, H, W] -> logits [B, 10] through TOY_TRAINING_HEAD or TOY_EVAL_HEAD (compiled
+        on CUDA): what forward's modules compute, in training BatchNorm's step counter included."""
         bn = self.bn
-        bn.num_batches_tracked.add_(1)  # as BatchNorm2d's training forward counts
+        if self.training:
+            bn.num_batches_tracked.add_(1)  # as BatchNorm2d's training forward counts
         # Contiguous: the lifting's output is a view into its padded FFT buffer, whose strides
         # change with the kernel size, and every new stride would compile the head again.
-        return TOY_TRAINING_HEAD(
+        return self._head()(
             z.contiguous(),
+            self.training,
             bn.weight,
             bn.bias,
             bn.running_mean,

@@ -120,7 +120,10 @@ class InternalScales(nn.Module):
         mode but `single_ratio` (whose leaky factor may shrink the scales) σ_b, or the first
         `direct` scale, is then the smallest scale, and the basis stays defined (see MIN_SCALE).
         """
-        self.sigma_basis.clamp_(min=self.min_scale)
+        # A fixed σ_b is >= min_scale from the start (__init__), and left unwritten: a write
+        # would make the cached basis (SharedBasis) stale and recomputed after every step.
+        if self.sigma_basis.requires_grad:
+            self.sigma_basis.clamp_(min=self.min_scale)
         if self.mode == "direct":
             self.theta.copy_(torch.sort(self.theta.clamp(min=self.min_scale)).values)
         elif self.mode == "ratio":
