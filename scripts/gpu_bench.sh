@@ -80,7 +80,8 @@ loop_runs() {  # RUN_CONFIG's training alone, 2 and 3 at once; per-scale tests a
         {
             echo "-- $run"
             grep -h '"wall_time_s"\|"test_error"' "$run/summary.json"
-            grep -h 'run_training_epoch\|run_training_batch\|Guard.on_train_batch_end' "$run/fit-profile.txt"
+            grep -h 'run_training_epoch\|run_training_batch\|Guard.on_train_batch_end' \
+                "$run/fit-profile.txt"
         } >>"$out/loop.txt" 2>&1
     done
     for n in 1 2; do  # per-scale tests of the checkpoints of "two"
@@ -102,11 +103,12 @@ loop_runs() {  # RUN_CONFIG's training alone, 2 and 3 at once; per-scale tests a
     want bench && step bench_fp32 120 bench --device "$device" --batch 128 --all-dense --steps 10 \
         --dense-steps 4 --warmup 2 --eval-steps 3 $configs $inputs
     want cost && step cost 150 cost --device "$device" --configfile "$grid" $inputs
-    for ab in "step_ab:$ab" "eval_ab:$eval_ab"; do
-        name=${ab%%:*} start=$SECONDS
+    for script_models in "step_ab:$ab" "eval_ab:$eval_ab"; do  # scripts/gpu_NAME.py MODELS
+        name=${script_models%%:*} start=$SECONDS
         want "$name" || continue
         # shellcheck disable=SC2086  # the list of models
-        timeout 120 "$python" "$(dirname "$0")/gpu_$name.py" "$device" ${ab#*:} >"$out/$name.txt"
+        timeout 120 "$python" "$(dirname "$0")/gpu_$name.py" "$device" ${script_models#*:} \
+            >"$out/$name.txt"
         echo "== $name: exit $? after $((SECONDS - start)) s"
     done
     if [ "$full" = 1 ]; then

@@ -59,9 +59,14 @@ class Window(pl.Callback):
 
 def report(profiler, wall: float) -> None:
     events = profiler.key_averages()
-    # The device's own events (kernels, copies, sets), not the CPU ranges that also carry times.
-    device_events = [e for e in profiler.events() if e.device_type == DeviceType.CUDA]
-    busy = sum(e.device_time_total for e in device_events) / 1e6  # µs -> s
+    # The device's own events (kernels, copies, sets), as the table's "Self CUDA time total"
+    # counts them: not the ranges of user annotations (Optimizer.step), which span many kernels.
+    busy = sum(
+        e.self_device_time_total
+        for e in events
+        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    )
+    busy /= 1e6  # µs -> s
     print(
         f"== window: {BATCHES} batches, wall {wall / BATCHES * 1e3:.2f} ms per batch, device "
         f"busy {busy / BATCHES * 1e3:.2f} ms per batch ({100 * busy / wall:.0f} %)"

@@ -126,9 +126,42 @@ def test_default_steps_make_the_paper_run_from_idx_digits(tmp_path):
     log = dry_run(out, IDX_DIR=str(idx_dir), SPLIT="60 30 10", EPOCHS="1", TMPDIR=str(tmp_path))
     for step in ("bench_fp32", "cost", "step_ab", "train", "evaluate (per-scale test)"):
         assert f"== {step}: exit 0" in log, step
-    assert not any((out / name).exists() for name in ("methods.json", "jobs.json"))
+    assert not any((out / name).exists() for name in ("methods.json", "jobs.json", "loop.txt"))
     config = json.loads((out / "train/config.json").read_text())
     assert (config["experiment"], config["run_id"]) == ("e1", "b8_isr7.56_seed0")
     assert config["dataset_params"]["splits"] == {"train": 60, "val": 30, "test": 10}
     assert config["train"]["epochs"] == 1 and config["model"]["isr"] == pytest.approx(7.5595, 1e-4)
     assert json.loads((out / "train/summary.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_loop_profile_script_dry_run(tmp_path):
+    """scripts/gpu_loop_profile.py (README "GPU", finding 5) on the CPU: a real training run of
+    two epochs with its profiling window in the second, the window's summary line and tables."""
+    images, labels, _ = mnist.load_pool("embedded")
+    arrays, manifest = datasets.make_scale_distribution(
+        images, labels, width_b=2.0, seed=0, canvas=32, split=(40, 10, 10)
+    )
+    datasets.save_dataset(tmp_path / "b2.npz", arrays, manifest)
+    run_config = {
+        "experiment": "e2",
+        "run_id": "profile",
+        "seed": 0,
+        "grid": {},
+        "dataset": str(tmp_path / "b2.npz"),
+        "model": {"name": "toy", "scale_mode": "single_ratio_squared", "sigma_basis": 1.0},
+        "train": {"epochs": 2, "batch_size": 4, "lr_milestones": [1], "accelerator": "cpu"},
+    }
+    (tmp_path / "run.json").write_text(json.dumps(run_config))
+    script = ROOT / "scripts" / "gpu_loop_profile.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run.json"), str(tmp_path / "run"), "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=True,
+    )
+    assert "== window: 3 batches, wall " in result.stdout, result.stdout[-2000:]
+    assert result.stdout.count("Self CPU time total") == 2
+    assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "ok"
