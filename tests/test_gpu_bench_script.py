@@ -36,26 +36,36 @@ def dry_run(out, **settings) -> str:
     return log
 
 
-@pytest.mark.slow
-def test_cpu_dry_run_writes_every_measurement(tmp_path):
+def tiny_run_config(
+    folder: Path, split: tuple[int, int, int], epochs: int, batch_size: int
+) -> Path:
+    """A run config of the E2 toy model (learned ISR) on a 32 px b 2 dataset of `split` embedded
+    digits, both written into `folder` -> the run config's path."""
     images, labels, _ = mnist.load_pool("embedded")
     arrays, manifest = datasets.make_scale_distribution(
-        images, labels, width_b=2.0, seed=0, canvas=32, split=(60, 20, 20)
+        images, labels, width_b=2.0, seed=0, canvas=32, split=split
     )
-    datasets.save_dataset(tmp_path / "b2.npz", arrays, manifest)
+    datasets.save_dataset(folder / "b2.npz", arrays, manifest)
     run_config = {
         "experiment": "e2",
-        "run_id": "gpu_bench",
+        "run_id": "tiny",
         "seed": 0,
         "grid": {},
-        "dataset": str(tmp_path / "b2.npz"),
+        "dataset": str(folder / "b2.npz"),
         "model": {"name": "toy", "scale_mode": "single_ratio_squared", "sigma_basis": 1.0},
-        "train": {"epochs": 1, "batch_size": 20, "lr_milestones": [1], "accelerator": "cpu"},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr_milestones": [1]}
+        | {"accelerator": "cpu"},
     }
-    (tmp_path / "run.json").write_text(json.dumps(run_config))
+    (folder / "run.json").write_text(json.dumps(run_config))
+    return folder / "run.json"
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_writes_every_measurement(tmp_path):
+    run_config = tiny_run_config(tmp_path, (60, 20, 20), epochs=1, batch_size=20)
     out = tmp_path / "out"
     # FULL: every step, the optional ones too.
-    log = dry_run(out, RUN_CONFIG=str(tmp_path / "run.json"), FULL="1")
+    log = dry_run(out, RUN_CONFIG=str(run_config), FULL="1")
     for step in JSON_STEPS:
         assert f"== {step}: exit 0" in log, log[-3000:]
         assert json.loads((out / f"{step}.json").read_text()), step
@@ -138,24 +148,10 @@ def test_default_steps_make_the_paper_run_from_idx_digits(tmp_path):
 def test_loop_profile_script_dry_run(tmp_path):
     """scripts/gpu_loop_profile.py (README "GPU", finding 5) on the CPU: a real training run of
     two epochs with its profiling window in the second, the window's summary line and tables."""
-    images, labels, _ = mnist.load_pool("embedded")
-    arrays, manifest = datasets.make_scale_distribution(
-        images, labels, width_b=2.0, seed=0, canvas=32, split=(40, 10, 10)
-    )
-    datasets.save_dataset(tmp_path / "b2.npz", arrays, manifest)
-    run_config = {
-        "experiment": "e2",
-        "run_id": "profile",
-        "seed": 0,
-        "grid": {},
-        "dataset": str(tmp_path / "b2.npz"),
-        "model": {"name": "toy", "scale_mode": "single_ratio_squared", "sigma_basis": 1.0},
-        "train": {"epochs": 2, "batch_size": 4, "lr_milestones": [1], "accelerator": "cpu"},
-    }
-    (tmp_path / "run.json").write_text(json.dumps(run_config))
+    run_config = tiny_run_config(tmp_path, (40, 10, 10), epochs=2, batch_size=4)
     script = ROOT / "scripts" / "gpu_loop_profile.py"
     result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "run.json"), str(tmp_path / "run"), "3"],
+        [sys.executable, str(script), str(run_config), str(tmp_path / "run"), "3"],
         capture_output=True,
         text=True,
         timeout=600,
