@@ -9,8 +9,10 @@ by device and by CPU time. Used for README "GPU" (the loop).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -82,15 +84,10 @@ def report(profiler, wall: float) -> None:
     sys.stdout.flush()
 
 
-Trainer = pl.Trainer
-
-
-class ProfiledTrainer(Trainer):
+class ProfiledTrainer(pl.Trainer):
     def __init__(self, *args, callbacks=None, **kwargs):
         super().__init__(*args, callbacks=[*(callbacks or []), Window()], **kwargs)
 
 
 pl.Trainer = ProfiledTrainer  # train_run builds `pl.Trainer(...)`
-import json  # noqa: E402
-
-train_run(json.loads(open(run_config_path).read()), out_dir)
+train_run(json.loads(Path(run_config_path).read_text()), out_dir)
