@@ -36,6 +36,18 @@ def dry_run(out, **settings) -> str:
     return log
 
 
+def run_script(name: str, *args: str) -> str:
+    """`python scripts/NAME ARGS` with scalelearn importable -> its standard output."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=True,
+    ).stdout
+
+
 def tiny_run_config(
     folder: Path, split: tuple[int, int, int], epochs: int, batch_size: int
 ) -> Path:
@@ -106,15 +118,8 @@ def test_cpu_dry_run_writes_every_measurement(tmp_path):
 def test_step_ab_script_dry_run_times_every_variant():
     """scripts/gpu_step_ab.py (README "GPU" (1) and (2)) on the CPU: every variant's line, then
     the profile of the old deterministic step."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_step_ab.py"), "cpu", "tiny"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        check=True,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("deterministic=")]
+    stdout = run_script("gpu_step_ab.py", "cpu", "tiny")
+    lines = [line for line in stdout.splitlines() if line.startswith("deterministic=")]
     expected = {
         f"deterministic={d} tiny {how} {label}"
         for d in (False, True)
@@ -122,7 +127,7 @@ def test_step_ab_script_dry_run_times_every_variant():
         for label in ("scatter", "select")
     }
     assert {line.split(":")[0] for line in lines} == expected
-    assert "Self CPU time total" in result.stdout
+    assert "Self CPU time total" in stdout
 
 
 @pytest.mark.slow
@@ -149,15 +154,7 @@ def test_loop_profile_script_dry_run(tmp_path):
     """scripts/gpu_loop_profile.py (README "GPU", finding 5) on the CPU: a real training run of
     two epochs with its profiling window in the second, the window's summary line and tables."""
     run_config = tiny_run_config(tmp_path, (40, 10, 10), epochs=2, batch_size=4)
-    script = ROOT / "scripts" / "gpu_loop_profile.py"
-    result = subprocess.run(
-        [sys.executable, str(script), str(run_config), str(tmp_path / "run"), "3"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        check=True,
-    )
-    assert "== window: 3 batches, wall " in result.stdout, result.stdout[-2000:]
-    assert result.stdout.count("Self CPU time total") == 2
+    stdout = run_script("gpu_loop_profile.py", str(run_config), str(tmp_path / "run"), "3")
+    assert "== window: 3 batches, wall " in stdout, stdout[-2000:]
+    assert stdout.count("Self CPU time total") == 2
     assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "ok"

@@ -1,6 +1,7 @@
 """The Hermite basis against a direct, loop-by-loop evaluation of the formulas of SPEC §2."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -188,8 +189,6 @@ def test_fixed_scales_keep_their_basis_across_training_steps():
 
 def _synchronisations(work, *args) -> int:
     """How many times `work(*args)` waits for the GPU (torch.cuda's sync debug mode)."""
-    import warnings
-
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
