@@ -93,33 +93,59 @@ def test_public_layers_match_dense_in_float32(case):
         assert_all_close(conv_and_grads(fast, *args), conv_and_grads(dense, *args), rtol=2e-5)
 
 
-def _layer(batch, cin, cout, size, scales, basis="hermite_a", eff=5, lifting=True, device="cpu"):
-    """(x, weight, basis) placeholders of a layer shape, for the cost model only."""
+def _layer(
+    batch,
+    cin,
+    cout,
+    size,
+    scales,
+    basis="hermite_a",
+    eff=5,
+    lifting=True,
+    device="cpu",
+    learned=False,
+):
+    """(x, weight, basis) placeholders of a layer shape, for the cost model only; `learned`: the
+    basis of scales that require a gradient, as training with learned scales computes it."""
     x = torch.empty(batch, cin, *(() if lifting else (len(scales),)), size, size, device=device)
     weight = torch.empty(cout, cin, eff * eff, device=device)
-    return x, weight, HermiteBasis(basis, eff).to(device)(torch.tensor(scales, device=device))
+    scales = torch.tensor(scales, device=device, requires_grad=learned)
+    return x, weight, HermiteBasis(basis, eff).to(device)(scales)
 
 
 def test_choice_follows_the_measured_winners():
     """The cheapest method of the timings recorded next to the cost model in fast_conv."""
     toy = [2.0, 3.4641, 6.0]  # E2, K 49
     sesn = [1.5, 1.89, 2.38, 3.0]
+    quick = {13: [1.0, 1.2247, 1.5], 19: [1.0, 1.4565, 2.1213], 25: [1.0, 1.732, 3.0]}
     assert fast_conv._choose(*_layer(8, 1, 16, 168, toy)) == "rows"
     assert fast_conv._choose(*_layer(8, 1, 16, 168, [2.0, 5.5, 15.12])) == "rows"  # K 123
     assert fast_conv._choose(*_layer(32, 1, 32, 56, sesn, "hermite_b", 7)) == "fft"
-    assert fast_conv._choose(*_layer(8, 1, 16, 84, [1.0, 1.732, 3.0])) != "direct"  # quick, K 25
+    assert fast_conv._choose(*_layer(8, 1, 16, 84, quick[25])) != "direct"
     assert fast_conv._choose(*_layer(32, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
     assert fast_conv._choose(*_layer(32, 63, 95, 14, sesn, "hermite_b", 7, False)) == "fft"
+    # The quick preset's E1 (fixed scales, 84², batch 32): direct for the smallest kernels,
+    # separable at K 19, rows from K 25 (separable's lead there holds with 1 thread only).
+    assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[13])) == "direct"
+    assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[19])) == "separable"
+    assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[25])) == "rows"
+    # Learned scales: rows and separable also carry the gradient back through their row pass,
+    # and fft wins (measured 1.2-1.35x faster than rows on the 84 canvas, 1.0-1.15x on 168).
+    for scales, size, batch in ((quick[25], 84, 32), (quick[19], 84, 32), (toy, 168, 8)):
+        assert fast_conv._choose(*_layer(batch, 1, 16, size, scales, learned=True)) == "fft"
+    assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[13], learned=True)) == "direct"
     # Evaluation (no autograd) weighs the forward pass alone, where oneDNN's convolution is fast.
     with torch.inference_mode():
         assert fast_conv._choose(*_layer(128, 1, 32, 56, sesn, "hermite_b", 7)) == "direct"
-        assert fast_conv._choose(*_layer(32, 1, 16, 84, [1.0, 1.732, 3.0])) == "direct"
+        assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[13])) == "direct"
+        assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[25])) == "separable"
+        assert fast_conv._choose(*_layer(16, 1, 16, 168, [2.0, 2.4495, 3.0])) == "separable"
         assert fast_conv._choose(*_layer(32, 1, 16, 84, [2.0, 3.4641, 6.0])) == "rows"
         assert fast_conv._choose(*_layer(128, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
-    # oneDNN is pathological for huge kernels: direct is not considered for them, unless the
-    # image crops the kernel small.
-    assert "direct" not in fast_conv._costs(*_layer(1, 1, 1, 168, [2.0, 15.12]))
-    assert "direct" in fast_conv._costs(*_layer(1, 1, 1, 8, [2.0, 15.12]))
+    # oneDNN is pathological for huge kernels: direct and separable are not considered for them,
+    # unless the image crops the kernel small.
+    assert not {"direct", "separable"} & set(fast_conv._costs(*_layer(1, 1, 1, 168, [2.0, 15.12])))
+    assert {"direct", "separable"} <= set(fast_conv._costs(*_layer(1, 1, 1, 8, [2.0, 15.12])))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -246,8 +272,8 @@ def test_bench_batches_methods_and_profile(capsys):
         assert row["shape"] == [3, 1, 24, 24] and row["train_ms"] > 0 and row["eval_ms"] > 0
     for mode, grad in (("train", True), ("eval", False)):
         chosen = [row["method"] for row in rows if row[f"chosen_{mode}"]]
-        with torch.set_grad_enabled(grad):
-            assert chosen == [fast_conv._choose(x, model.conv.weight, basis)]
+        with torch.set_grad_enabled(grad):  # training's basis carries the learned scales' gradient
+            assert chosen == [fast_conv._choose(x, model.conv.weight, model.conv.basis())]
     main(["bench", "--config", "tiny", "--methods", "--batch", "3"])
     out = capsys.readouterr().out
     assert "chosen" in out and "fastest" in out and "tiny" in out

@@ -421,9 +421,16 @@ def bench_config(
     return rows
 
 
-def _method_step(x, weight, basis, method, device_type, bf16, train: bool) -> None:
+def _training_input(x):
+    """A layer's input as in a training step: H→H layers pass a gradient on to the layer below."""
+    return x.detach().clone().requires_grad_(x.dim() == 5)
+
+
+def _method_step(x, weight, module, basis, method, device_type, bf16, train: bool) -> None:
     """One call of a fast-conv method, as in a training step (forward + backward into the weight,
-    and into the input where a layer below needs it) or in evaluation (forward only)."""
+    into the input where a layer below needs it and into the internal scales where they are
+    learned: the basis is computed anew, as every training step does) or in evaluation (forward
+    only, with `basis`)."""
     import torch
 
     from scalelearn.nn import fast_conv
@@ -433,9 +440,8 @@ def _method_step(x, weight, basis, method, device_type, bf16, train: bool) -> No
             fast_conv._apply(x, weight, basis, method)
         return
     weight = weight.clone().requires_grad_()
-    x = x.clone().requires_grad_(x.dim() == 5)  # H→H layers pass a gradient on
     with torch.autocast(device_type, torch.bfloat16, enabled=bf16):
-        out = fast_conv._apply(x, weight, basis, method)
+        out = fast_conv._apply(_training_input(x), weight, module.basis(), method)
     out.float().sum().backward()
 
 
@@ -476,17 +482,16 @@ def time_methods(name: str, spec: dict, device, bf16: bool = False, repeats: int
 
     rows = []
     for layer, module, x in inputs:
+        weight = module.weight.detach()
         with torch.no_grad():
             basis = module.basis()
-        weight = module.weight.detach()
-        choice = {}
-        for mode, grad in (("train", True), ("eval", False)):
-            with torch.set_grad_enabled(grad):
-                choice[mode] = fast_conv._choose(x, weight, basis)
+            choice = {"eval": fast_conv._choose(x, weight, basis)}
+        with torch.enable_grad():  # the choice of training: learned scales and H→H need more
+            choice["train"] = fast_conv._choose(_training_input(x), weight, module.basis())
         costs = fast_conv._costs(x, weight, basis)
         methods = list(fast_conv._METHODS) if device.type == "cuda" else list(costs)
         for method in methods:
-            args = (x, weight, basis, method, device.type, bf16)
+            args = (x, weight, module, basis, method, device.type, bf16)
             rows.append(
                 {
                     "config": name,

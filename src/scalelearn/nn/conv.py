@@ -3,7 +3,7 @@
 Weights W[Cout, Cin, F] are shared by all scales; the filter at scale s is
 κ_s = Σ_f W[…, f] · basis[f, s]. Two implementations give the same numbers:
 - `dense`: the reference, as in the authors' code: one conv2d with the zero-padded K×K kernels.
-- `fast`: per layer shape the fastest of three exact methods (scalelearn.nn.fast_conv), the default.
+- `fast`: per layer shape the fastest of four exact methods (scalelearn.nn.fast_conv), the default.
 
 The layers are self-contained modules (`forward(x)`): each holds the network's SharedBasis and asks
 it for the basis, which is computed once per forward pass for all of them.

@@ -11,6 +11,10 @@ picks one per call from a cost estimate:
   whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
   (the toy model's lifting layer): the 2-D inverse FFT of every output map is the costly step of
   `fft`, and here only a 1-D one is left.
+- separable: the rows directly as in `rows`, then the columns directly too: one conv2d per scale
+  with 1×(2w+1) kernels that also mix the channels. No transform and no transposing copy; it wins
+  where the kernels are small and the image is not (the toy model's evaluation, and its training
+  with fixed scales at moderate K on the 84 canvas).
 In evaluation, `reuse_kernels()` keeps every layer's weight-dependent kernel (cropped kernels,
 spectra) across calls while the weights and scales stay the same, and `working_bytes` estimates
 the memory of one call, from which evaluation chooses how many images go through at once.
@@ -253,6 +257,22 @@ class _FrequencyLast(torch.autograd.Function):
         return _frequency_first(grad.resolve_conj())
 
 
+def _row_pass(x: Tensor, profiles: Tensor, scale: int, half: int) -> Tensor:
+    """Every input channel at one scale convolved along H with every profile of that scale,
+    cropped to ±half: [B, Cin, (S,) H, W] -> [B, Cin·P, H, W], channel i·P + p."""
+    in_channels = x.shape[1]
+    kernels = _crop(profiles[scale], half).repeat(in_channels, 1)[:, None, :, None]
+    return _conv2d(_scale_input(x, scale), kernels, (half, 0), groups=in_channels)
+
+
+def _placed_weight(weight: Tensor, basis: ScaleBasis) -> Tensor:
+    """W[o, i, f] placed at the row profile of f: [Cout, Cin, P, F], zero where row(f) ≠ p."""
+    out_channels, in_channels, count = weight.shape
+    placed = weight.new_zeros(out_channels, in_channels, basis.profiles.shape[1], count)
+    placed[:, :, basis.row_index, torch.arange(count, device=weight.device)] = weight
+    return placed
+
+
 def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """Rows directly, columns by a 1-D FFT -> [B, Cout, S, H, W] (a view of a padded buffer).
 
@@ -264,10 +284,10 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     out_channels = weight.shape[0]
     num_scales, num_profiles = basis.profiles.shape[:2]
     profiles = basis.profiles.to(weight.dtype)
-    z = []
-    for s, (half, _) in enumerate(_half_sizes(basis, height, width)):
-        kernels = _crop(profiles[s], half).repeat(in_channels, 1)[:, None, :, None]
-        z.append(_conv2d(_scale_input(x, s), kernels, (half, 0), groups=in_channels))
+    z = [
+        _row_pass(x, profiles, s, half)
+        for s, (half, _) in enumerate(_half_sizes(basis, height, width))
+    ]
     half_w = min(basis.kernel_size // 2, width - 1)
     length = _fft_size(width + half_w)
     z_hat = torch.fft.rfft(torch.stack(z), n=length)  # [S, B, Cin·P, H, k]
@@ -290,17 +310,45 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
 
 def _rows_kernel(weight: Tensor, basis: ScaleBasis, half_w: int, length: int) -> Tensor:
     """T of `_rows` in Fourier space along W: weight [Cout, Cin, F] -> [S·k, Cout, Cin·P]."""
-    out_channels, in_channels, count = weight.shape
-    num_scales, num_profiles = basis.profiles.shape[:2]
+    out_channels, _, count = weight.shape
+    num_scales = basis.profiles.shape[0]
     profiles = basis.profiles.to(weight.dtype)
     cols = _profile_spectrum(profiles, half_w, length, real=True)[:, basis.col_index]  # [S, F, k]
     bins = cols.shape[-1]
-    # W[o, i, f] placed at the row profile of f: [Cout·Cin·P, F], zero where row(f) ≠ p.
-    placed = weight.new_zeros(out_channels, in_channels, num_profiles, count)
-    placed[:, :, basis.row_index, torch.arange(count, device=weight.device)] = weight
-    mixed = placed.reshape(-1, count) @ torch.view_as_real(cols).transpose(0, 1).reshape(count, -1)
+    placed = _placed_weight(weight, basis).reshape(-1, count)  # [Cout·Cin·P, F]
+    mixed = placed @ torch.view_as_real(cols).transpose(0, 1).reshape(count, -1)
     mixed = torch.view_as_complex(mixed.view(out_channels, -1, num_scales, bins, 2))
     return mixed.permute(2, 3, 0, 1).reshape(num_scales * bins, out_channels, -1)
+
+
+# ------------------------------------------------------------------------------------ separable
+
+
+def _separable_kernels(weight: Tensor, basis: ScaleBasis, halves) -> list[Tensor]:
+    """The column kernels of `_separable`: weight [Cout, Cin, F] -> [Cout, Cin·P, 1, 2w_s + 1]
+    per scale s, T[o, i·P + p, 0, v] = Σ_(f: row(f) = p) W[o, i, f]·col_f[v]."""
+    out_channels, _, count = weight.shape
+    profiles = basis.profiles.to(weight.dtype)
+    placed = _placed_weight(weight, basis).reshape(-1, count)  # [Cout·Cin·P, F]
+    return [
+        (placed @ _crop(profiles[s, basis.col_index], half_w)).view(
+            out_channels, -1, 1, 2 * half_w + 1
+        )
+        for s, (_, half_w) in enumerate(halves)
+    ]
+
+
+def _separable(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
+    """Rows and columns directly -> [B, Cout, S, H, W]: per scale the row pass of `rows`
+    ([B, Cin·P, H, W]), then one conv2d with the 1×(2w+1) kernels T that also mixes the channels."""
+    halves = tuple(_half_sizes(basis, *x.shape[-2:]))
+    profiles = basis.profiles.to(weight.dtype)
+    kernels = _reused(_separable_kernels, weight, basis, halves)
+    ys = [
+        _conv2d(_row_pass(x, profiles, s, half_h), kernel, (0, half_w))
+        for s, (kernel, (half_h, half_w)) in enumerate(zip(kernels, halves, strict=True))
+    ]
+    return torch.stack(ys, dim=2)
 
 
 # -------------------------------------------------------------------------------------- choosing
@@ -326,15 +374,32 @@ _NS_PER_KERNEL_MAC = 0.085
 # (ms per image, min of 3, inference_mode, kernels reused; direct / fft / rows): toy K 49
 # 5.98 / 3.19 / 3.13, 84² K 25 0.46 / 0.59 / 0.56, 84² K 49 1.30 / 0.70 / 0.67, SESN lifting
 # (B 128) 0.59 / 0.82 / 1.05, SESN H→H 28² 14.1 / 1.11 / 14.3; these factors scale the costs above.
-_FORWARD_SHARE = {"direct": 0.115, "fft": 0.33, "rows": 0.35}
+# `separable` forward: 0.014 ns per column-pass MAC (toy lifting, K 13-35, 84² B 64: 0.32-0.39 ms
+# per image, 168² B 16: 1.6-1.8 ms, 2 threads).
+_FORWARD_SHARE = {"direct": 0.115, "fft": 0.33, "rows": 0.35, "separable": 0.175}
 # oneDNN's CPU conv2d falls off a cliff for large kernels (1→48 channels on 168², forward per
 # image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
 # is only considered up to this kernel side.
 _DIRECT_MAX_SIDE = 57
+# `separable`, ns per MAC of its column pass (B·H·W·Cout·Cin·P·Σ_s K_s), fitted to whole calls
+# of the toy lifting (2 threads; fixed scales, 84² B 32 K 13 / 19 / 25 / 35 and 168² B 8 K 25:
+# 25 / 32 / 45 / 52 and 56 ms forward + backward; the row pass and the stack included) so that
+# it ranks right against the other methods' estimates: the column conv2d runs at 0.0055 ns per
+# MAC forward (up to K 41, 0.015 from K 43: oneDNN changes algorithm), its weight gradient is
+# ~6x slower, and the gradient of its input (learned scales) adds 0.03.
+_NS_PER_SEPARABLE_MAC = 0.08
+_NS_PER_SEPARABLE_INPUT_MAC = 0.03
+_SEPARABLE_MAX_SIDE = 41
 
 
 def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) -> dict[str, float]:
-    """Estimated time (ns) of every method for this call: forward + backward, or only forward."""
+    """Estimated time (ns) of every method for this call: forward + backward, or only forward.
+
+    The backward pass of `rows` and `separable` also carries the gradient back through their
+    row pass where x or the profiles (learned scales) need one, which `fft` and `direct` get
+    almost for free (measured: the toy lifting with learned scales took `rows` 1.3-1.45x its
+    time with fixed ones, `fft` 1.0-1.1x).
+    """
     batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
     out_channels, _, count = weight.shape
     scales, profiles = basis.profiles.shape[:2]
@@ -358,8 +423,21 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
     costs["rows"] = (
         _NS_PER_FFT1_POINT * rows * length_w * math.log2(length_w) + _NS_PER_COMPLEX_MAC * mix
     )
+    column_macs = batch * height * width * out_channels * in_channels * profiles
+    column_macs *= sum(side for _, side in sides)
+    if max(side for _, side in sides) <= _SEPARABLE_MAX_SIDE:
+        costs["separable"] = _NS_PER_SEPARABLE_MAC * column_macs
     if not backward:
-        costs = {method: cost * _FORWARD_SHARE[method] for method, cost in costs.items()}
+        return {method: cost * _FORWARD_SHARE[method] for method, cost in costs.items()}
+    if x.requires_grad or basis.profiles.requires_grad:
+        # The gradient of the row pass's output: its spectrum, a second channel mix, and a
+        # second FFT of Cin·P maps per scale (rows); the transposed column convolution (separable).
+        z_rows = batch * scales * in_channels * profiles * height
+        costs["rows"] += (
+            _NS_PER_FFT1_POINT * z_rows * length_w * math.log2(length_w) + _NS_PER_COMPLEX_MAC * mix
+        )
+        if "separable" in costs:
+            costs["separable"] += _NS_PER_SEPARABLE_INPUT_MAC * column_macs
     return costs
 
 
@@ -380,6 +458,8 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
     outputs = batch * out_channels * scales * height * width
     if method == "direct":
         return 2 * outputs * real  # the per-scale outputs and their stack
+    if method == "separable":  # one scale's row pass, the per-scale outputs and their stack
+        return (batch * in_channels * profiles * height * width + 2 * outputs) * real
     (length_h, length_w), _ = _fft_plan(basis, height, width)
     if method == "fft":
         bins = length_h * (length_w // 2 + 1)
@@ -410,7 +490,7 @@ def _choose(x: Tensor, weight: Tensor, basis: ScaleBasis) -> str:
     return min(costs, key=costs.get)
 
 
-_METHODS = {"direct": _direct, "fft": _fft, "rows": _rows}
+_METHODS = {"direct": _direct, "fft": _fft, "rows": _rows, "separable": _separable}
 
 
 def _apply(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = None) -> Tensor:
