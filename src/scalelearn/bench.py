@@ -450,8 +450,8 @@ def time_methods(name: str, spec: dict, device, bf16: bool = False, repeats: int
     at its training batch: forward + backward (training) and forward only (evaluation, under
     inference_mode), the best of `repeats` after one warm-up. One row per layer and method, with
     whether `fast_conv._choose` picks it in each mode, to check the cost model on this device.
-    On the CPU, `direct` is timed only where the cost model allows it (larger kernels take
-    minutes there)."""
+    On the CPU, `direct` and `separable` are timed only where the cost model allows them (with
+    larger kernels oneDNN takes minutes, or changes algorithm)."""
     import torch
 
     from scalelearn.nn import fast_conv

@@ -381,12 +381,14 @@ _FORWARD_SHARE = {"direct": 0.115, "fft": 0.33, "rows": 0.35, "separable": 0.175
 # image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
 # is only considered up to this kernel side.
 _DIRECT_MAX_SIDE = 57
-# `separable`, ns per MAC of its column pass (B·H·W·Cout·Cin·P·Σ_s K_s), fitted to whole calls
-# of the toy lifting (2 threads; fixed scales, 84² B 32 K 13 / 19 / 25 / 35 and 168² B 8 K 25:
-# 25 / 32 / 45 / 52 and 56 ms forward + backward; the row pass and the stack included) so that
-# it ranks right against the other methods' estimates: the column conv2d runs at 0.0055 ns per
-# MAC forward (up to K 41, 0.015 from K 43: oneDNN changes algorithm), its weight gradient is
-# ~6x slower, and the gradient of its input (learned scales) adds 0.03.
+# `separable`, ns per MAC of its column pass (B·H·W·Cout·Cin·P·Σ_s K_s). Whole calls of the toy
+# lifting (fixed scales, forward + backward, 2 threads, the row pass and the stack included):
+# 84² B 32 K 13 / 19 / 25 / 35 25 / 32 / 45 / 52 ms, 168² B 8 K 25 56 ms, 0.043-0.063 ns per
+# MAC; the constant sits above that because the other methods' estimates run about 1.5x above
+# their own times at these shapes (rows: 61-71 estimated, 41-53 ms measured), and the ranking is
+# what matters. The column conv2d itself runs at 0.0055 ns per MAC forward up to K 41 (0.015 from
+# K 43, where oneDNN changes algorithm), its weight gradient ~6x slower; the gradient of its
+# input (learned scales) adds 0.026-0.03.
 _NS_PER_SEPARABLE_MAC = 0.08
 _NS_PER_SEPARABLE_INPUT_MAC = 0.03
 _SEPARABLE_MAX_SIDE = 41
@@ -397,8 +399,8 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
 
     The backward pass of `rows` and `separable` also carries the gradient back through their
     row pass where x or the profiles (learned scales) need one, which `fft` and `direct` get
-    almost for free (measured: the toy lifting with learned scales took `rows` 1.3-1.45x its
-    time with fixed ones, `fft` 1.0-1.1x).
+    almost for free (measured: the toy lifting with learned scales took `rows` 1.27-1.44x its
+    time with fixed ones, `fft` 1.0-1.11x).
     """
     batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
     out_channels, _, count = weight.shape
@@ -477,8 +479,9 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
 
 def _choose(x: Tensor, weight: Tensor, basis: ScaleBasis) -> str:
     """The method with the smallest estimated cost, forward + backward where autograd records,
-    else forward only (a pure function of the device type, the shapes and the grad mode, so the
-    choice, and with it the rounding, is the same on every run).
+    else forward only (a pure function of the device type, the shapes, the grad mode and whether
+    x and the profiles require a gradient, never of the thread count, so the choice, and with it
+    the rounding, is the same on every run of a config).
 
     On a GPU, `fft`: timed on an H200 (`scalelearn bench --methods --device cuda`, batch 8 and
     128, every layer of every bench config), it was the fastest method or within 5 % of it for
@@ -498,8 +501,8 @@ def _apply(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = No
     method = method or _choose(x, weight, basis)
     if method == "direct":
         return _direct(x, weight, basis)
-    # The spectral methods run outside autocast and in float32 at least: cuFFT has no bfloat16,
-    # and bfloat16 spectra would lose the agreement with the dense path.
+    # The others run outside autocast and in float32 at least: cuFFT has no bfloat16, and
+    # bfloat16 spectra (or separable's bfloat16 passes) would lose the agreement with dense.
     dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
     with torch.autocast(x.device.type, enabled=False):
         return _METHODS[method](x.to(dtype), weight.to(dtype), basis)
