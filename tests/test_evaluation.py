@@ -12,6 +12,7 @@ import torch
 
 from scalelearn import allocator
 from scalelearn.nn import evaluation, fast_conv
+from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model
 
 MODELS = {
@@ -199,3 +200,26 @@ def test_scale_max_without_autograd_equals_the_training_max():
     expected = x.max(dim=2).values
     torch.testing.assert_close(fast, expected, equal_nan=True, rtol=0, atol=0)
     assert torch.isnan(fast[1, 2, 0, 0])
+
+
+@pytest.mark.skipif(allocator.allocated_bytes() is None, reason="needs glibc's mallinfo2")
+@pytest.mark.parametrize("method", sorted(fast_conv._METHODS))
+def test_working_bytes_is_the_memory_a_forward_call_takes(method):
+    """`fast_conv.working_bytes` (what evaluation sizes its chunks by) against the bytes malloc
+    hands out during forward calls of each method (bench's sampler, every 2 ms): within 10 %
+    above (it is meant as an upper bound, the sampler misses short peaks) and not more than twice
+    too large (the toy lifting on the 84 canvas, K 25, 16 images)."""
+    from scalelearn.bench import _PeakMemory
+
+    allocator.reuse_freed_memory()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 1, 84, 84, generator=generator)
+    weight = torch.randn(16, 1, 25, generator=generator)
+    basis = HermiteBasis("hermite_a", 5)(torch.tensor([1.0, 1.732, 3.0]))
+    with torch.inference_mode():
+        fast_conv._apply(x, weight, basis, method)  # warm-up
+        with _PeakMemory(torch.device("cpu")) as peak:
+            for _ in range(3):
+                fast_conv._apply(x, weight, basis, method)
+    estimate = fast_conv.working_bytes(x, weight, basis, method) / 2**20
+    assert estimate / 2 <= peak.peak_mib <= 1.1 * estimate

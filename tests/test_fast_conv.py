@@ -283,6 +283,21 @@ def test_bench_batches_methods_and_profile(capsys):
     assert "== tiny, train" in out and "== tiny, eval" in out and "aten::" in out
 
 
+def test_bench_methods_reports_the_choice_of_training_with_learned_scales(capsys):
+    """`bench --methods` marks the method training takes: with learned scales (e2_toy_84) their
+    gradient through the row pass counts, and `fft` is chosen where a basis without a gradient
+    would make the cost model pick `rows`; evaluation takes `separable` at this K 25."""
+    main(["bench", "--config", "e2_toy_84", "--methods", "--batch", "2", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["method"] for row in rows if row["chosen_train"]] == ["fft"]
+    assert [row["method"] for row in rows if row["chosen_eval"]] == ["separable"]
+    model = build_model({**bench.CONFIGS["e2_toy_84"]["model"], "implementation": "fast"})
+    with torch.no_grad():
+        basis = model.conv.basis()
+    x = torch.zeros(2, *bench.CONFIGS["e2_toy_84"]["input"])
+    assert fast_conv._choose(x, model.conv.weight, basis) == "rows"  # else this proves little
+
+
 def test_bench_deterministic_takes_the_settings_of_training(capsys, fresh_determinism):
     """--deterministic: torch's deterministic algorithms (errors, not warnings, on the CPU) without
     the NaN fill of new tensors, as `scalelearn train` runs; --methods and --profile exclude each
