@@ -420,11 +420,15 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * scales * bins
         + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * scales * bins
     )
-    rows = batch * scales * (in_channels * profiles + out_channels) * height
     mix = scales * (length_w // 2 + 1) * out_channels * in_channels * profiles * batch * height
-    costs["rows"] = (
-        _NS_PER_FFT1_POINT * rows * length_w * math.log2(length_w) + _NS_PER_COMPLEX_MAC * mix
-    )
+
+    def rows_pass(lines: int) -> float:
+        """`lines` rows of length L_W through a 1-D FFT, plus one channel mix."""
+        return _NS_PER_FFT1_POINT * lines * length_w * math.log2(length_w) + (
+            _NS_PER_COMPLEX_MAC * mix
+        )
+
+    costs["rows"] = rows_pass(batch * scales * (in_channels * profiles + out_channels) * height)
     column_macs = batch * height * width * out_channels * in_channels * profiles
     column_macs *= sum(side for _, side in sides)
     if max(side for _, side in sides) <= _SEPARABLE_MAX_SIDE:
@@ -434,10 +438,7 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
     if x.requires_grad or basis.profiles.requires_grad:
         # The gradient of the row pass's output: its spectrum, a second channel mix, and a
         # second FFT of Cin·P maps per scale (rows); the transposed column convolution (separable).
-        z_rows = batch * scales * in_channels * profiles * height
-        costs["rows"] += (
-            _NS_PER_FFT1_POINT * z_rows * length_w * math.log2(length_w) + _NS_PER_COMPLEX_MAC * mix
-        )
+        costs["rows"] += rows_pass(batch * scales * in_channels * profiles * height)
         if "separable" in costs:
             costs["separable"] += _NS_PER_SEPARABLE_INPUT_MAC * column_macs
     return costs
