@@ -15,6 +15,7 @@ from scalelearn import bench
 from scalelearn.cli import main
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn import fast_conv
+from scalelearn.nn.channel_mix import channel_mix
 from scalelearn.nn.conv import h2h_dense, z2h_dense
 from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model
@@ -71,18 +72,52 @@ def test_every_method_matches_dense_in_float64(method, case, lifting):
     assert_all_close(actual, reference, rtol=1e-10)
 
 
+def _mix_and_grads(mix, t, z, grad):
+    t, z = t.detach().requires_grad_(True), z.detach().requires_grad_(True)
+    y = mix(t, z)
+    return (y, *torch.autograd.grad(y, [t, z], grad))
+
+
+def _complex(generator, *shape, dtype=torch.float64):
+    return torch.complex(
+        torch.randn(*shape, generator=generator, dtype=dtype),
+        torch.randn(*shape, generator=generator, dtype=dtype),
+    )
+
+
 @pytest.mark.parametrize("out_channels", [8, 3], ids=["two-copies", "one-copy"])
-def test_rows_inverse_fft_layouts_match_dense(out_channels):
-    """`rows` reorders the spectrum for the inverse FFT in two copies where Cout·B·H complex
-    numbers are a multiple of 4 KiB (8·2·16 complex128 here), else in one: both give the dense
-    numbers, gradients included."""
+def test_channel_mix_matches_the_matmul_of_the_gpu(out_channels):
+    """`rows`' channel mix on the CPU (numba kernels in the FFT's layout) and the batched matmul
+    that runs elsewhere give the same spectrum and gradients (float64). The matmul's result is
+    reordered for the inverse FFT in two copies where Cout·B·H complex numbers are a multiple of
+    4 KiB (8·2·16 complex128 here), else in one: both layouts are checked."""
     generator = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 1, 16, 16, generator=generator, dtype=torch.float64)
-    weight = torch.randn(out_channels, 1, 9, generator=generator, dtype=torch.float64)
-    grad_out = torch.randn(2, out_channels, 2, 16, 16, generator=generator, dtype=torch.float64)
-    args = (("hermite_a", 3), torch.tensor([1.0, 2.0], dtype=torch.float64), x, weight, grad_out)
-    reference = conv_and_grads(z2h_dense, *args)
-    assert_all_close(conv_and_grads(fast_conv._rows, *args), reference, rtol=1e-10)
+    t = _complex(generator, 2, out_channels, 5, 9)  # [S, Cout, J, k]
+    z = _complex(generator, 2, 2, 5, 16, 9)  # [S, B, J, H, k]
+    grad = _complex(generator, 2, out_channels, 2, 16, 9)  # [S, Cout, B, H, k]
+    expected = _mix_and_grads(fast_conv._matmul_mix, t, z, grad)
+    einsum = torch.einsum("sojk,sbjhk->sobhk", t, z)
+    torch.testing.assert_close(expected[0], einsum, rtol=1e-12, atol=1e-12)
+    for actual, wanted in zip(_mix_and_grads(channel_mix, t, z, grad), expected, strict=True):
+        torch.testing.assert_close(actual, wanted, rtol=1e-12, atol=1e-12)
+
+
+def test_channel_mix_gives_the_same_bits_for_every_thread_count():
+    """Each output of the numba kernels is summed by one thread in a fixed order."""
+    generator = torch.Generator().manual_seed(4)
+    t = _complex(generator, 3, 16, 5, 13, dtype=torch.float32)
+    z = _complex(generator, 3, 4, 5, 20, 13, dtype=torch.float32)
+    grad = _complex(generator, 3, 16, 4, 20, 13, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(_mix_and_grads(channel_mix, t, z, grad))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
 
 
 @pytest.mark.parametrize("case", ["a_k49_over_image", "b_sesn"])

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scalelearn.nn.channel_mix import channel_mix
 from scalelearn.nn.hermite import ScaleBasis
 
 # --------------------------------------------------------------------------------------- helpers
@@ -278,11 +279,10 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
 
     z = every input channel convolved along H with every profile p: [S, B, Cin·P, H, W]; then
     y[o] = Σ_(i,p) T[o, i, p] ⋆_W z[i, p] with T[o, i, p] = Σ_(f: row(f) = p) W[o, i, f]·col(f),
-    done as a matmul [Cout, Cin·P] per scale and frequency of the W axis.
+    a channel mix [Cout, Cin·P] per scale and frequency of the W axis: on the CPU in the FFT's
+    layout (`channel_mix`), elsewhere as a batched matmul.
     """
-    batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
-    out_channels = weight.shape[0]
-    num_scales, num_profiles = basis.profiles.shape[:2]
+    height, width = x.shape[-2:]
     profiles = basis.profiles.to(weight.dtype)
     z = [
         _row_pass(x, profiles, s, half)
@@ -291,25 +291,34 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     half_w = min(basis.kernel_size // 2, width - 1)
     length = _fft_size(width + half_w)
     z_hat = torch.fft.rfft(torch.stack(z), n=length)  # [S, B, Cin·P, H, k]
-    bins = z_hat.shape[-1]
-    z_hat = z_hat.permute(0, 4, 2, 1, 3).reshape(num_scales * bins, in_channels * num_profiles, -1)
+    mixed = _reused(_rows_kernel, weight, basis, half_w, length)  # [S, Cout, Cin·P, k]
+    if x.device.type == "cpu":
+        y_hat = channel_mix(mixed, z_hat)
+    else:
+        y_hat = _matmul_mix(mixed, z_hat)
+    y = torch.fft.irfft(y_hat, n=length)  # [S, Cout, B, H, length]
+    return y[..., :width].permute(2, 1, 0, 3, 4)
 
-    mixed = _reused(_rows_kernel, weight, basis, half_w, length)  # [S·k, Cout, Cin·P]
-    y_hat = _bmm(mixed, z_hat).view(num_scales, bins, out_channels, batch, height)
+
+def _matmul_mix(mixed: Tensor, z_hat: Tensor) -> Tensor:
+    """`channel_mix` as one batched matmul per (scale, frequency): mixed [S, Cout, J, k],
+    z_hat [S, B, J, H, k] -> [S, Cout, B, H, k] (a view where no copy is needed)."""
+    num_scales, out_channels, mixed_channels, bins = mixed.shape
+    batch, height = z_hat.shape[1], z_hat.shape[3]
+    a = mixed.permute(0, 3, 1, 2).reshape(num_scales * bins, out_channels, mixed_channels)
+    b = z_hat.permute(0, 4, 2, 1, 3).reshape(num_scales * bins, mixed_channels, batch * height)
+    y_hat = _bmm(a, b).view(num_scales, bins, out_channels, batch, height)
     # The inverse FFT needs the frequency axis last. A single permuted copy reads across
     # Cout·B·H complex numbers per step; where that stride is a multiple of 4 KiB every read
-    # falls into the same cache set, and the copy took a quarter of the toy model's evaluation
-    # (K 49, chunks of 20 images): there, two copies in long runs instead (evaluation 5-13 %
-    # faster, training 1-3 %, in three A/B runs; elsewhere the extra pass cost 1-5 %).
+    # falls into the same cache set (a quarter of the toy model's CPU evaluation at K 49, before
+    # `channel_mix`): there, two copies in long runs instead.
     if y_hat.stride(1) * y_hat.element_size() % 4096 == 0:
-        y = torch.fft.irfft(_FrequencyLast.apply(y_hat), n=length)  # [S, Cout, B, H, length]
-        return y[..., :width].permute(2, 1, 0, 3, 4)
-    y = torch.fft.irfft(y_hat.permute(3, 2, 0, 4, 1), n=length)  # [B, Cout, S, H, length]
-    return y[..., :width]
+        return _FrequencyLast.apply(y_hat)
+    return y_hat.permute(0, 2, 3, 4, 1)
 
 
 def _rows_kernel(weight: Tensor, basis: ScaleBasis, half_w: int, length: int) -> Tensor:
-    """T of `_rows` in Fourier space along W: weight [Cout, Cin, F] -> [S·k, Cout, Cin·P]."""
+    """T of `_rows` in Fourier space along W: weight [Cout, Cin, F] -> [S, Cout, Cin·P, k]."""
     out_channels, _, count = weight.shape
     num_scales = basis.profiles.shape[0]
     profiles = basis.profiles.to(weight.dtype)
@@ -318,7 +327,7 @@ def _rows_kernel(weight: Tensor, basis: ScaleBasis, half_w: int, length: int) ->
     placed = _placed_weight(weight, basis).reshape(-1, count)  # [Cout·Cin·P, F]
     mixed = placed @ torch.view_as_real(cols).transpose(0, 1).reshape(count, -1)
     mixed = torch.view_as_complex(mixed.view(out_channels, -1, num_scales, bins, 2))
-    return mixed.permute(2, 3, 0, 1).reshape(num_scales * bins, out_channels, -1)
+    return mixed.permute(2, 0, 1, 3).contiguous()
 
 
 # ------------------------------------------------------------------------------------ separable
