@@ -19,18 +19,27 @@ CUDA tensors never come here (`fast_conv` keeps the matmul there).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from torch import Tensor
 
 
 @functools.cache
-def _kernels():
-    """The three numba kernels, compiled (or loaded from the cache) on first use."""
+def _numba():
+    """numba, imported on first use with its own thread pool, which honours set_num_threads:
+    its OpenMP layer (the default where libgomp is found) kept two cores busy in a one-thread
+    training job, and two such jobs on two cores took twice as long."""
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # read when numba is imported
     import numba
 
-    # numba's own thread pool: no second OpenMP runtime beside PyTorch's in the process.
-    numba.config.THREADING_LAYER = "workqueue"
+    return numba
+
+
+@functools.cache
+def _kernels():
+    """The three numba kernels, compiled (or loaded from the cache) on first use."""
+    numba = _numba()
     jit = numba.njit(parallel=True, cache=True)
 
     @jit
@@ -82,8 +91,7 @@ def _kernels():
 
 def _run(kernel: str, *tensors: Tensor, out: Tensor) -> Tensor:
     """One kernel on contiguous CPU tensors (numpy views, no copies), with torch's thread count."""
-    import numba
-
+    numba = _numba()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     arrays = [t.detach().resolve_conj().contiguous().numpy() for t in tensors]
     _kernels()[kernel](*arrays, out.numpy())

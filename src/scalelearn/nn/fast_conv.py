@@ -10,7 +10,8 @@ picks one per call from a cost estimate:
 - rows: the rows (H axis) directly with every profile, then the columns (W axis) by a 1-D FFT
   whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
   (the toy model's lifting layer): the 2-D inverse FFT of every output map is the costly step of
-  `fft`, and here only a 1-D one is left.
+  `fft`, and here only a 1-D one is left. On the CPU the channel mix reads and writes the FFT's
+  layout (`channel_mix`, numba kernels); elsewhere it is a batched matmul between two layout copies.
 - separable: the rows directly as in `rows`, then the columns directly too: one conv2d per scale
   with 1×(2w+1) kernels that also mix the channels. No transform and no transposing copy; it wins
   where the kernels are small and the image is not (the toy model's evaluation, and its training
@@ -375,7 +376,12 @@ def _separable(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
 # Units are ns per multiply-accumulate (MAC) or per FFT "point·log2(length)".
 _NS_PER_CONV_MAC = 0.035
 _NS_PER_FFT2_POINT = 0.34
-_NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the permutes around them
+# `rows` was fitted with the matmul channel mix and its layout copies; its CPU mix without them
+# (`channel_mix`, 2026-11-26 evening) took a quarter off its training time with fixed scales at
+# 84² (K 25: 86 -> 64 ms, 1 thread; 53 -> 40 ms, 2 threads) and changed neither its evaluation
+# time nor, with learned scales, its rank behind `fft`: the choices stay those measured, and the
+# constants too (the estimates now sit closest to `rows`' own times).
+_NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the channel mix's layout around them
 _NS_PER_COMPLEX_MAC = 0.25
 _NS_PER_KERNEL_MAC = 0.085
 # Without autograd (evaluation) a call is only the forward pass, whose share of the time differs
@@ -483,8 +489,10 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
     z = batch * scales * in_channels * profiles * height * width * real
     z_hat = batch * scales * in_channels * profiles * height * bins * complex_
     y_hat = batch * scales * out_channels * height * bins * complex_
-    # z and its stack, ẑ and its batched layout, ŷ and its layout, the padded inverse.
-    return 2 * z + 2 * z_hat + 2 * y_hat + batch * out_channels * scales * height * length_w * real
+    # z and its stack, ẑ, ŷ, the padded inverse; off the CPU the matmul's layouts of ẑ and ŷ.
+    layouts = 1 if x.device.type == "cpu" else 2
+    inverse = batch * out_channels * scales * height * length_w * real
+    return 2 * z + layouts * (z_hat + y_hat) + inverse
 
 
 def _choose(x: Tensor, weight: Tensor, basis: ScaleBasis) -> str:
