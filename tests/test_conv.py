@@ -95,3 +95,31 @@ def test_max_projection_is_nearly_invariant(digits):
     assert invariant < 0.1, invariant
     # Measured: 0.078 against 0.156 (16 digits, seed 1).
     assert plain > 1.7 * invariant, (invariant, plain)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_scale_max_is_max_with_its_gradient_on_ties_nans_and_views(dtype, threads):
+    """The CPU's fused scale max (what training calls) gives max(dim=2)'s values and gradients
+    bit for bit: the first of equal maxima takes the gradient, a NaN wins, and the input may be
+    a strided view (the `rows` and `fft` methods return one)."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 4, 2, 5, 6, generator=generator, dtype=dtype)  # [S, C, B, H, W]
+    base[1, :, 0] = base[2, :, 0]  # ties between scales 1 and 2
+    base[:, 3, 1, 2] = 0.5  # every scale equal
+    base[0, 1, 0, 0, 0] = float("nan")
+    base[2, 2, 1, 3, 3] = float("nan")
+    grad = torch.randn(2, 4, 5, 6, generator=generator, dtype=dtype)
+    reference = base.permute(2, 1, 0, 3, 4).contiguous().requires_grad_(True)
+    expected = reference.max(dim=2).values
+    expected.backward(grad)
+    leaf = base.clone().requires_grad_(True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values = scale_max_projection(leaf.permute(2, 1, 0, 3, 4))  # [B, C, S, H, W] view
+        values.backward(grad)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(values, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(leaf.grad.permute(2, 1, 0, 3, 4), reference.grad)

@@ -4,6 +4,7 @@ scalelearn.nn.fast_conv, both bases, supports that differ per scale and kernels 
 image; whole models; the choice of method; and the `scalelearn bench` command."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,8 @@ from scalelearn import bench
 from scalelearn.cli import main
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn import fast_conv
-from scalelearn.nn.channel_mix import channel_mix
 from scalelearn.nn.conv import h2h_dense, z2h_dense
+from scalelearn.nn.cpu_kernels import channel_mix
 from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model
 
@@ -118,6 +119,23 @@ def test_channel_mix_gives_the_same_bits_for_every_thread_count():
         torch.set_num_threads(threads)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+def test_channel_mix_runs_on_numbas_own_thread_pool():
+    """numba's OpenMP layer ignored set_num_threads(1) and kept a second core busy in one-thread
+    training jobs (two jobs on two cores took twice as long): channel_mix picks the workqueue
+    layer, unless the user chose one. A fresh process: the layer is read when numba is imported."""
+    code = (
+        "import torch; from scalelearn.nn.cpu_kernels import channel_mix, _numba\n"
+        "t = torch.ones(1, 2, 1, 3, dtype=torch.complex64)\n"
+        "channel_mix(t, torch.ones(1, 1, 1, 4, 3, dtype=torch.complex64))\n"
+        "print(_numba().threading_layer())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert result.stdout.split()[-1] == "workqueue"
 
 
 @pytest.mark.parametrize("case", ["a_k49_over_image", "b_sesn"])

@@ -11,7 +11,8 @@ picks one per call from a cost estimate:
   whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
   (the toy model's lifting layer): the 2-D inverse FFT of every output map is the costly step of
   `fft`, and here only a 1-D one is left. On the CPU the channel mix reads and writes the FFT's
-  layout (`channel_mix`, numba kernels); elsewhere it is a batched matmul between two layout copies.
+  layout (`cpu_kernels.channel_mix`, numba); elsewhere it is a batched matmul between layout
+  copies.
 - separable: the rows directly as in `rows`, then the columns directly too: one conv2d per scale
   with 1×(2w+1) kernels that also mix the channels. No transform and no transposing copy; it wins
   where the kernels are small and the image is not (the toy model's evaluation, and its training
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scalelearn.nn.channel_mix import channel_mix
+from scalelearn.nn.cpu_kernels import channel_mix
 from scalelearn.nn.hermite import ScaleBasis
 
 # --------------------------------------------------------------------------------------- helpers
