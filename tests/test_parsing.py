@@ -16,10 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "config").glob("*.yaml"))
 # An overlay is given after the preset it changes (README "Presets").
 WITH_OVERLAYS = [[preset] for preset in PRESETS] + [
-    ["config/quick.yaml", "config/overlays/quick_two_seeds.yaml"]
+    ["config/quick.yaml", "config/overlays/quick_one_seed.yaml"]
 ]
 # What the jobs need but parsing must not: the job environment's packages beyond Snakemake's own.
-HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning", "scipy", "matplotlib", "mlxtend")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "pytorch_lightning",
+    "lightning",
+    "scipy",
+    "matplotlib",
+    "mlxtend",
+    "numba",
+)
 
 
 @pytest.fixture(scope="module")

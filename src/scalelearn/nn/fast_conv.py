@@ -377,11 +377,12 @@ def _separable(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
 # Units are ns per multiply-accumulate (MAC) or per FFT "point·log2(length)".
 _NS_PER_CONV_MAC = 0.035
 _NS_PER_FFT2_POINT = 0.34
-# `rows` was fitted with the matmul channel mix and its layout copies; its CPU mix without them
-# (`channel_mix`, 2026-11-26 evening) took a quarter off its training time with fixed scales at
-# 84² (K 25: 86 -> 64 ms, 1 thread; 53 -> 40 ms, 2 threads) and changed neither its evaluation
-# time nor, with learned scales, its rank behind `fft`: the choices stay those measured, and the
-# constants too (the estimates now sit closest to `rows`' own times).
+# `rows` was fitted with the matmul channel mix and its layout copies. Its CPU mix without them
+# (`channel_mix`, 2026-11-26 evening) took 30 % off its training time with one thread (toy
+# lifting, 84², batch 32, fixed scales: K 25 83-85 -> 55-59 ms, K 49 96 -> 69-70 ms; learned
+# scales K 25 107-111 -> 82 ms, `fft` 80-87) and little with two (K 25 46-51 -> 46-49 ms,
+# `separable` 44-46), and not its evaluation time: the choices stay those measured, and the
+# constants too (the estimates now sit closest to `rows`' one-thread times).
 _NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the channel mix's layout around them
 _NS_PER_COMPLEX_MAC = 0.25
 _NS_PER_KERNEL_MAC = 0.085
