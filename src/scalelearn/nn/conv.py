@@ -160,7 +160,8 @@ def scale_max_projection(x: Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         if x.is_cuda:
             return _ScaleMax.apply(x)
-        if x.device.type == "cpu" and x.shape[2] < 256:
+        # Not inside torch.compile (which fuses max itself): dynamo cannot trace numba.
+        if x.device.type == "cpu" and x.shape[2] < 256 and not torch.compiler.is_compiling():
             return cpu_kernels.scale_max(x)
         return x.max(dim=2).values
     out = x[:, :, 0]
