@@ -556,3 +556,19 @@ def test_command_line_makes_pool_and_datasets(tmp_path, capsys):
         )
     assert exit_info.value.code == 1
     assert "idx_dir" in capsys.readouterr().err
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL runs no cleanup: a dataset job killed mid-write leaves `.NAME.XXXX.tmp` beside
+    its target (the CI preset's kill hit one). The next write of that file removes it, and only
+    temporaries of that file."""
+    from scalelearn import atomic
+
+    target = tmp_path / "seed0.npz"
+    stale = tmp_path / ".seed0.npz.y_lq426h.tmp"
+    other = tmp_path / ".seed1.npz.abcd1234.tmp"
+    stale.write_bytes(b"half")
+    other.write_bytes(b"half")
+    atomic.write_text(target, "done")
+    assert target.read_text() == "done"
+    assert not stale.exists() and other.exists()

@@ -5,6 +5,7 @@ a killed job never leaves a file that looks complete."""
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 import tempfile
@@ -19,6 +20,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     atomic); on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer of this file killed mid-write (SIGKILL runs no cleanup) left its temporary behind;
+    # one job writes a file at a time, so any such file is stale.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     tmp = Path(name)
