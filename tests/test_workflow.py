@@ -83,29 +83,24 @@ def test_default_config_plans_e5_runs_baselines_and_mnist_scale_datasets():
     assert "results/tables/e5_table.csv" in output and "results/tables/e5_table.tex" in output
 
 
-def _seeds_per_experiment(*files: str):
-    """-> (seeds of every run per experiment, job counts) of a dry run of the preset."""
-    result = snakemake("-n", "--configfile", *files, "--forceall")
-    assert result.returncode == 0, result.stderr
-    output = result.stdout + result.stderr
-    seeds = {}
-    runs = set(re.findall(r"results/runs/(\w+)/([^/\s]+)/summary\.json", output))
-    for experiment, run_id in runs:
-        seeds.setdefault(experiment, []).append(run_id.rsplit("_", 1)[1])
-    return seeds, job_counts(output)
-
-
 @pytest.mark.parametrize("overlay", [None, "config/overlays/quick_one_seed.yaml"])
 def test_quick_preset_runs_e1_on_two_seeds_and_the_overlay_on_one(overlay):
     """config/quick.yaml: E1 (and its per-scale test) on seeds 0 and 1, E2-E4 on seed 0 only;
     config/overlays/quick_one_seed.yaml after it: E1 on seed 0 too, everything else the same."""
     files = ("config/quick.yaml",) + ((overlay,) if overlay else ())
-    seeds, counts = _seeds_per_experiment(*files)
+    result = snakemake("-n", "--configfile", *files, "--forceall")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    runs = set(re.findall(r"results/runs/(\w+)/([^/\s]+)/summary\.json", output))
+    seeds = {}
+    for experiment, run_id in runs:
+        seeds.setdefault(experiment, []).append(run_id.rsplit("_", 1)[1])
     e1_seeds = [0] if overlay else [0, 1]
     assert sorted(seeds["e1"]) == [f"seed{k}" for k in e1_seeds for _ in range(15)]
     for experiment, count in (("e2", 3), ("e3", 4), ("e4", 2)):
         assert seeds[experiment] == ["seed0"] * count, experiment
     assert len(seeds["e5"]) == 10 and len(seeds["e5_baselines"]) == 4
+    counts = job_counts(output)
     assert counts["evaluate"] == 15 * len(e1_seeds)
     assert counts["dataset_scale_distribution"] == 3 * len(e1_seeds)
 
