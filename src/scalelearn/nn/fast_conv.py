@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scalelearn.nn.cpu_fft import lifting
 from scalelearn.nn.cpu_kernels import channel_mix
 from scalelearn.nn.hermite import ScaleBasis
 
@@ -218,6 +219,8 @@ def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     lengths, halves = _fft_plan(basis, height, width)
     spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
     num_scales, k1, k2, in_channels, out_channels = spectrum.shape
+    if x.device.type == "cpu" and x.dim() == 4 and in_channels == 1:
+        return lifting(x, spectrum, lengths)
     x_hat = torch.fft.rfft2(x, s=lengths)  # [B, Cin, (S,) k1, k2]
     batch = x.shape[0]
     if x.dim() == 4 and in_channels == 1:
