@@ -20,18 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scalelearn.nn.cpu_kernels import kernel_grad
+
 
 def _paired_bins(length: int) -> slice:
     """The bins of a one-sided spectrum of `length` that stand for two (k and L − k): all but
     the DC bin and, for even L, the Nyquist bin."""
     return slice(1, (length + 1) // 2)
-
-
-def _adjoint_scaled(t: Tensor, lengths) -> Tensor:
-    """t (a sum of rfft2(g, norm="forward") terms, W axis last) with the paired bins doubled:
-    the gradient of irfft2's input."""
-    t[..., _paired_bins(lengths[1])] *= 2
-    return t
 
 
 class _Lifting(torch.autograd.Function):
@@ -59,12 +54,7 @@ class _Lifting(torch.autograd.Function):
         g_hat = torch.fft.rfft2(grad, s=lengths, norm="forward")  # [B, Cout, S, k1, k2]
         grad_x = grad_kernel = None
         if ctx.needs_input_grad[1]:
-            # Σ_b ĝ[b] · conj(x̂[b]), one image at a time (no batch-sized temporary).
-            x_conj = x_hat.conj()
-            grad_kernel = g_hat[0] * x_conj[0]
-            for image in range(1, len(g_hat)):
-                grad_kernel.addcmul_(g_hat[image], x_conj[image])
-            grad_kernel = _adjoint_scaled(grad_kernel, lengths).transpose(-1, -2)
+            grad_kernel = kernel_grad(g_hat, x_hat, _paired_bins(lengths[1]))
         if ctx.needs_input_grad[0]:
             # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's adjoint
             # is L_H·L_W · irfft2 with them halved: the two cancel.
@@ -74,9 +64,9 @@ class _Lifting(torch.autograd.Function):
         return grad_x, grad_kernel, None
 
 
-def lifting(x: Tensor, spectrum: Tensor, lengths) -> Tensor:
-    """x [B, 1, H, W] (real, CPU), spectrum K̂ [S, k1, k2, 1, Cout] (conj(DFT) of the kernels at
-    lengths (L_H, L_W): k1 = L_H, k2 = L_W//2 + 1) -> y [B, Cout, S, H, W] (a view of a buffer
-    with L_W columns), y[b, o, s] = x[b, 0] ⋆ κ[s, 0, o]. Gradients reach x and the spectrum."""
-    kernel = spectrum[..., 0, :].permute(3, 0, 2, 1).contiguous()  # [Cout, S, k2, k1]
+def lifting(x: Tensor, kernel: Tensor, lengths) -> Tensor:
+    """x [B, 1, H, W] (real, CPU), kernel K̂ [Cout, S, k2, k1] (conj(DFT) of the kernels at
+    lengths (L_H, L_W): k1 = L_H, k2 = L_W//2 + 1; the H frequencies last) -> y [B, Cout, S, H, W]
+    (a view of a buffer with L_W columns), y[b, o, s] = x[b, 0] ⋆ κ[s, 0, o]. Gradients reach x
+    and the kernel."""
     return _Lifting.apply(x, kernel, tuple(lengths))

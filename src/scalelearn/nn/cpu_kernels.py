@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,7 +121,25 @@ def _kernels() -> dict:
                     for w in range(width):
                         out[b, c, s, h, w] = g[b, c, h, w] if index[b, c, h, w] == s else 0
 
+    @jit
+    def lifting_kernel_grad(g, x, paired_start, paired_stop, out):
+        """out[o, s, k2, k1] = Σ_b g[b, o, s, k1, k2] · conj(x[b, k1, k2]), times 2 for
+        paired_start <= k2 < paired_stop."""
+        batch, outs, scales, rows, bins = g.shape
+        for n in numba.prange(outs * scales):
+            o, s = n // scales, n % scales
+            row = np.empty(bins, dtype=g.dtype)
+            for k1 in range(rows):  # one row of g per image, read in order; out written across
+                for k2 in range(bins):
+                    row[k2] = g[0, o, s, k1, k2] * x[0, k1, k2].conjugate()
+                for b in range(1, batch):
+                    for k2 in range(bins):
+                        row[k2] += g[b, o, s, k1, k2] * x[b, k1, k2].conjugate()
+                for k2 in range(bins):
+                    out[o, s, k2, k1] = 2 * row[k2] if paired_start <= k2 < paired_stop else row[k2]
+
     return {
+        "lifting_kernel_grad": lifting_kernel_grad,
         "mix": mix,
         "mix_grad_t": mix_grad_t,
         "mix_grad_z": mix_grad_z,
@@ -129,12 +148,12 @@ def _kernels() -> dict:
     }
 
 
-def _run(kernel: str, *tensors: Tensor) -> None:
-    """One kernel on CPU tensors (as numpy views, no copies; the last ones are written), with
-    torch's thread count."""
+def _run(kernel: str, *args) -> None:
+    """One kernel on CPU tensors (as numpy views, no copies; the last ones are written) and
+    integers, with torch's thread count."""
     numba = _numba()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _kernels()[kernel](*(tensor.detach().numpy() for tensor in tensors))
+    _kernels()[kernel](*(a.detach().numpy() if isinstance(a, Tensor) else a for a in args))
 
 
 def _dense(t: Tensor) -> Tensor:
@@ -188,6 +207,17 @@ class _ScaleMax(torch.autograd.Function):
         out = grad.new_empty(ctx.input_shape)
         _run("scale_max_grad", grad.contiguous(), index, out)
         return out
+
+
+def kernel_grad(g_hat: Tensor, x_hat: Tensor, paired: slice) -> Tensor:
+    """The kernel's gradient of `cpu_fft.lifting`: g_hat [B, Cout, S, k1, k2], x_hat [B, k1, k2]
+    (complex) -> [Cout, S, k2, k1], Σ_b g_hat[b] · conj(x_hat[b]), the bins `paired` of k2
+    doubled."""
+    g_hat, x_hat = _dense(g_hat), _dense(x_hat)
+    batch, outs, scales, rows, bins = g_hat.shape
+    out = g_hat.new_empty(outs, scales, bins, rows)
+    _run("lifting_kernel_grad", g_hat, x_hat, paired.start, paired.stop, out)
+    return out
 
 
 def scale_max(x: Tensor) -> Tensor:

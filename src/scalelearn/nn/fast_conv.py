@@ -213,14 +213,27 @@ def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tens
     return torch.view_as_complex(spectrum.permute(0, 1, 2, 5, 4, 3).contiguous())
 
 
+def _lifting_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tensor:
+    """weight [Cout, 1, F] -> kernel spectra [Cout, S, L_W//2 + 1, L_H] (complex), the layout of
+    `cpu_fft.lifting` (the H frequencies last)."""
+    profiles = basis.profiles.to(weight.dtype)
+    rows = _profile_spectrum(profiles, halves[0], lengths[0], real=False)[:, basis.row_index]
+    cols = _profile_spectrum(profiles, halves[1], lengths[1], real=True)[:, basis.col_index]
+    # [S, F, L_H] and [S, F, k2] -> [F, S, k2, L_H]
+    functions = cols.transpose(0, 1)[..., None] * rows.transpose(0, 1)[:, :, None]
+    count = weight.shape[-1]
+    spectrum = weight.reshape(-1, count) @ torch.view_as_real(functions).reshape(count, -1)
+    return torch.view_as_complex(spectrum.view(weight.shape[0], *functions.shape[1:], 2))
+
+
 def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """2-D FFT convolution -> [B, Cout, S, H, W]."""
     height, width = x.shape[-2:]
     lengths, halves = _fft_plan(basis, height, width)
+    if x.device.type == "cpu" and x.dim() == 4 and weight.shape[1] == 1:
+        return lifting(x, _reused(_lifting_spectrum, weight, basis, lengths, halves), lengths)
     spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
     num_scales, k1, k2, in_channels, out_channels = spectrum.shape
-    if x.device.type == "cpu" and x.dim() == 4 and in_channels == 1:
-        return lifting(x, spectrum, lengths)
     x_hat = torch.fft.rfft2(x, s=lengths)  # [B, Cin, (S,) k1, k2]
     batch = x.shape[0]
     if x.dim() == 4 and in_channels == 1:
