@@ -187,6 +187,11 @@ def test_choice_follows_the_measured_winners():
     for scales, size, batch in ((quick[25], 84, 32), (quick[19], 84, 32), (toy, 168, 8)):
         assert fast_conv._choose(*_layer(batch, 1, 16, size, scales, learned=True)) == "fft"
     assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[13], learned=True)) == "direct"
+    # E3's worst case (ISR 6), where rows was chosen before the CPU lifting (cpu_fft) was
+    # measured 1.2-1.3x faster than it: σ_b 4 on 168 (K 193), σ_b 2 on 84 (K 97), batch 8.
+    for sigma, size in ((4.0, 168), (2.0, 84)):
+        worst = [sigma, sigma * 6**0.5, sigma * 6]
+        assert fast_conv._choose(*_layer(8, 1, 16, size, worst, learned=True)) == "fft"
     # Evaluation (no autograd) weighs the forward pass alone, where oneDNN's convolution is fast.
     with torch.inference_mode():
         assert fast_conv._choose(*_layer(128, 1, 32, 56, sesn, "hermite_b", 7)) == "direct"
