@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from scalelearn.data.mnist import load_embedded
 from scalelearn.data.rescale import rescale_about_centre
-from scalelearn.nn import HermiteBasis, InternalScales, ScaleConvZ2H, SharedBasis
+from scalelearn.nn import HermiteBasis, InternalScales, ScaleConvZ2H, SharedBasis, cpu_kernels
 from scalelearn.nn.conv import h2h_dense, scale_max_projection, z2h_dense
 
 
@@ -123,3 +123,47 @@ def test_cpu_scale_max_is_max_with_its_gradient_on_ties_nans_and_views(dtype, th
         torch.set_num_threads(previous)
     torch.testing.assert_close(values, expected, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(leaf.grad.permute(2, 1, 0, 3, 4), reference.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_scale_max_pool_is_max_then_window_max_and_min(dtype):
+    """cpu_kernels.scale_max_pool: the max and the min of every window of max(dim=2), as
+    adaptive pooling gives them, on a strided view, with ties and NaNs (a NaN wins its window)."""
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 4, 2, 8, 12, generator=generator, dtype=dtype)  # [S, C, B, H, W]
+    base[1, :, 0] = base[2, :, 0]
+    base[0, 1, 0, 0, 0] = float("nan")  # window (0, 0) of image 0, channel 1
+    base[2, 2, 1, 7, 11] = float("nan")  # the last window of image 1, channel 2
+    x = base.permute(2, 1, 0, 3, 4)  # [B, C, S, H, W] view
+    maxima, minima = cpu_kernels.scale_max_pool(x, 4, 3)
+    scale_max = x.max(dim=2).values
+    torch.testing.assert_close(
+        maxima, F.adaptive_max_pool2d(scale_max, (4, 3)), rtol=0, atol=0, equal_nan=True
+    )
+    torch.testing.assert_close(
+        minima, -F.adaptive_max_pool2d(-scale_max, (4, 3)), rtol=0, atol=0, equal_nan=True
+    )
+    assert maxima[0, 1, 0, 0].isnan() and minima[1, 2, 3, 2].isnan()
+    assert maxima.isnan().sum() == 2
+
+
+def test_toy_model_evaluation_pools_first_with_the_same_logits():
+    """Evaluation on the CPU pools the scale max before ReLU and batch norm (max for channels
+    with a positive BN scale, min for a negative one): the same logits as pool(bn(relu(max)))."""
+    from scalelearn.nn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "toy", "scale_mode": "fixed", "sigma_basis": 1.0, "isr": 2.0})
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.randn(16))  # both signs
+        model.bn.bias.copy_(torch.randn(16))
+        model.bn.running_mean.copy_(torch.randn(16))
+        model.bn.running_var.copy_(torch.rand(16) + 0.5)
+    assert (model.bn.weight < 0).any() and (model.bn.weight > 0).any()
+    model.eval()
+    x = torch.randn(3, 1, 48, 48)
+    with torch.inference_mode():
+        z = model.conv(x).contiguous()
+        expected = model.fc(model.pool(model.bn(F.relu(z.max(dim=2).values))).flatten(1))
+        assert model._pools_first(z)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)

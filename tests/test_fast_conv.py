@@ -15,9 +15,8 @@ import torch
 from scalelearn import bench
 from scalelearn.cli import main
 from scalelearn.errors import ScalelearnError
-from scalelearn.nn import fast_conv
+from scalelearn.nn import cpu_fft, fast_conv
 from scalelearn.nn.conv import h2h_dense, z2h_dense
-from scalelearn.nn import cpu_fft
 from scalelearn.nn.cpu_kernels import channel_mix, kernel_grad
 from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model

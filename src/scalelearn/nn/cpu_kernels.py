@@ -1,4 +1,4 @@
-"""Fused CPU kernels (numba) for two memory-bound steps that PyTorch's CPU ops make in several
+"""Fused CPU kernels (numba) for memory-bound steps that PyTorch's CPU ops make in several
 passes over the toy model's largest tensors. CUDA tensors never come here.
 
 **rows' channel mix** in the layout of the FFT along W. Per scale s and frequency k of the W
@@ -16,6 +16,13 @@ reduces across a strided axis one element at a time and writes int64 indices (14
 quick preset's [32, 16, 3, 84, 84] with one thread), and its backward fills a zero tensor and
 scatters into it (6.2 ms); one pass each here (2.4 and 2.7 ms), with the same values, the same
 arg-max (the first of equal maxima; a NaN wins, as in torch.max) and so the same gradients.
+
+**The lifting's kernel gradient** (`cpu_fft.lifting`, the `fft` method's lifting of one channel):
+Σ_b ĝ[b] · conj(x̂[b]) read once in the spectrum's layout and written in the kernel's.
+
+**Evaluation's scale max and pool** of the toy model, [B, C, S, H, W] -> max and min of every pool
+window of the scale max: one pass over the lifting's output, where ReLU, batch norm and the pool
+made four over [B, C, H, W] maps (scalelearn.nn.models.ToyModel._pooled_head).
 
 Each output element is computed by one thread in a fixed order, so the numbers are the same for
 every thread count (numba's threads follow torch.get_num_threads()). Kernels compile on first
@@ -138,8 +145,37 @@ def _kernels() -> dict:
                 for k2 in range(bins):
                     out[o, s, k2, k1] = 2 * row[k2] if paired_start <= k2 < paired_stop else row[k2]
 
+    @jit
+    def scale_max_pool(x, maxima, minima):
+        """maxima, minima [B, C, R, Q] = max and min over each (H/R)×(W/Q) window of the max of
+        x [B, C, S, H, W] over S (a NaN anywhere in a window wins)."""
+        batch, channels, scales, height, width = x.shape
+        rows, cols = maxima.shape[2], maxima.shape[3]
+        window_h, window_w = height // rows, width // cols
+        for n in numba.prange(batch * channels):
+            b, c = n // channels, n % channels
+            row = np.empty(width, dtype=x.dtype)
+            for h in range(height):
+                for w in range(width):  # the scale max of one row, scale by scale
+                    row[w] = x[b, c, 0, h, w]
+                for s in range(1, scales):
+                    for w in range(width):
+                        u = x[b, c, s, h, w]
+                        row[w] = u if u > row[w] or u != u else row[w]
+                i = h // window_h
+                for j in range(cols):
+                    high = row[j * window_w] if h % window_h == 0 else maxima[b, c, i, j]
+                    low = row[j * window_w] if h % window_h == 0 else minima[b, c, i, j]
+                    for w in range(j * window_w, (j + 1) * window_w):
+                        v = row[w]
+                        high = v if v > high or v != v else high
+                        low = v if v < low or v != v else low
+                    maxima[b, c, i, j] = high
+                    minima[b, c, i, j] = low
+
     return {
         "lifting_kernel_grad": lifting_kernel_grad,
+        "scale_max_pool": scale_max_pool,
         "mix": mix,
         "mix_grad_t": mix_grad_t,
         "mix_grad_z": mix_grad_z,
@@ -218,6 +254,18 @@ def kernel_grad(g_hat: Tensor, x_hat: Tensor, paired: slice) -> Tensor:
     out = g_hat.new_empty(outs, scales, bins, rows)
     _run("lifting_kernel_grad", g_hat, x_hat, paired.start, paired.stop, out)
     return out
+
+
+def scale_max_pool(x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor]:
+    """x [B, C, S, H, W] (real, CPU, any strides; H, W multiples of rows, cols) -> (maxima,
+    minima) [B, C, rows, cols]: the max and the min over every (H/rows)×(W/cols) window of
+    x.max(dim=2), as adaptive max and min pooling would give them (a NaN propagates). No
+    gradient (evaluation)."""
+    batch, channels = x.shape[:2]
+    maxima = x.new_empty(batch, channels, rows, cols)
+    minima = torch.empty_like(maxima)
+    _run("scale_max_pool", x, maxima, minima)
+    return maxima, minima
 
 
 def scale_max(x: Tensor) -> Tensor:
