@@ -399,15 +399,15 @@ _NS_PER_FFT2_POINT = 0.34
 # scales K 25 107-111 -> 82 ms, `fft` 80-87) and little with two (K 25 46-51 -> 46-49 ms,
 # `separable` 44-46), and not its evaluation time: the choices stay those measured, and the
 # constants too (the estimates now sit closest to `rows`' one-thread times).
-# The lifting of one channel on the CPU (`cpu_fft.lifting`, 2026-11-27) took 0.64-0.69x the time
-# of the torch.fft chain these constants were fitted to (2 threads, forward + backward: toy K 49
-# 168² B 8 83 -> 57 ms, SESN lifting 56² B 32 109 -> 74 ms). With learned scales it is now ahead
-# of `rows` where measured (toy K 193 168² B 8: 117 / 142 ms; K 97 84² B 8: 32 / 41; K 25 84²
-# B 32, 1 thread: 91 / 128), but not of `direct` at K 13 (84² B 32: 55 / 28 ms): its estimate is
-# scaled by this share there, which ranks all of these as measured (0.81-0.83 would). With fixed
-# scales the old estimates still rank the methods as measured (84², B 32, 2 threads: K 13 direct
-# 27 / fft 54 ms, K 19 separable 45 / fft 50; 1 thread: K 25-49 fft and rows tie at 89.5 / 90.2
-# and 112.7 / 112.9; 168² B 8 K 123: rows 69 / fft 80).
+# The lifting of one channel on the CPU (`cpu_fft.lifting`, 2026-11-26 evening) took 0.64-0.69x
+# the time of the torch.fft chain these constants were fitted to (2 threads, forward + backward:
+# toy K 49 168² B 8 83 -> 57 ms, SESN lifting 56² B 32 109 -> 74 ms). With learned scales it is
+# now ahead of `rows` where measured (toy K 193 168² B 8: 117 / 142 ms; K 97 84² B 8: 32 / 41;
+# K 25 84² B 32, 1 thread: 91 / 128), but not of `direct` at K 13 (84² B 32: 55 / 28 ms): its
+# estimate is scaled by this share there, which ranks all of these as measured (0.81-0.83 would).
+# With fixed scales the old estimates still rank the methods as measured (84², B 32, 2 threads:
+# K 13 direct 27 / fft 54 ms, K 19 separable 45 / fft 50; 1 thread: K 25-49 fft and rows tie at
+# 89.5 / 90.2 and 112.7 / 112.9; 168² B 8 K 123: rows 69 / fft 80).
 _CPU_LIFTING_FFT_SHARE = 0.82
 _NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the channel mix's layout around them
 _NS_PER_COMPLEX_MAC = 0.25
