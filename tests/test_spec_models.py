@@ -125,7 +125,12 @@ def test_toy_model_layers_compute_the_spec_pipeline():
     model = build_model(cfg).eval()
     randomise_batch_norms(model)
     x = torch.randn(2, 1, 168, 168, generator=torch.Generator().manual_seed(1))
+    # CPU evaluation pools before ReLU and BN (the same values, ToyModel._pooled_head): the
+    # modules' pipeline is traced with that off, and the logits must be the same either way.
+    pooled_first = model(x)
+    model._pools_first = lambda z: False
     logits, calls = trace(model, x)
+    assert close(pooled_first, logits)
     assert logits.shape == (2, 10)
 
     (lift,) = scale_layers(calls)
