@@ -405,9 +405,12 @@ _NS_PER_FFT2_POINT = 0.34
 # now ahead of `rows` where measured (toy K 193 168² B 8: 117 / 142 ms; K 97 84² B 8: 32 / 41;
 # K 25 84² B 32, 1 thread: 91 / 128), but not of `direct` at K 13 (84² B 32: 55 / 28 ms): its
 # estimate is scaled by this share there, which ranks all of these as measured (0.81-0.83 would).
-# With fixed scales the old estimates still rank the methods as measured (84², B 32, 2 threads:
-# K 13 direct 27 / fft 54 ms, K 19 separable 45 / fft 50; 1 thread: K 25-49 fft and rows tie at
-# 89.5 / 90.2 and 112.7 / 112.9; 168² B 8 K 123: rows 69 / fft 80).
+# In evaluation (forward only) the same share ranks the lifting as measured (B 8, 2 threads, fft /
+# rows ms: K 49 168² 24.4 / 27.4, K 193 53.4 / 44.8, K 123 39.2 / 35.4, K 97 84² 12.8 / 12.5; K 25
+# 84² separable 4.5 / fft 4.4, kept). In training with fixed scales the old estimates still rank
+# the methods as measured (84², B 32, 2 threads: K 13 direct 27 / fft 54 ms, K 19 separable 45 /
+# fft 50; 1 thread: K 25-49 fft and rows tie at 89.5 / 90.2 and 112.7 / 112.9; 168² B 8 K 123:
+# rows 69 / fft 80), which the share would not.
 _CPU_LIFTING_FFT_SHARE = 0.82
 _NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the channel mix's layout around them
 _NS_PER_COMPLEX_MAC = 0.25
@@ -464,7 +467,7 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * scales * bins
         + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * scales * bins
     )
-    if x.device.type == "cpu" and x.dim() == 4 and in_channels == 1 and learned:
+    if x.device.type == "cpu" and x.dim() == 4 and in_channels == 1 and (learned or not backward):
         costs["fft"] *= _CPU_LIFTING_FFT_SHARE
     mix = scales * (length_w // 2 + 1) * out_channels * in_channels * profiles * batch * height
 
