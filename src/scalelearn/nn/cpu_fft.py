@@ -7,12 +7,14 @@ it: the product comes out in the kernel's layout (frequency-major, channels last
 transform first copies it back; the inverse along H (a non-last axis) transposes in and out; its
 backward pads the gradient in two zero-filled copies (one per cropped axis); and the kernel's
 gradient Σ_b ĝ[b] · conj(x̂[b]) makes a batch-sized temporary. Here:
-- forward: the product in the network's layout [B, Cout, S, k1, k2]; the inverse along H, then
-  the H rows the crop keeps (not all L_H) along W;
-- backward: one zero-padded transform of the gradient, and the kernel's gradient summed image
-  by image; the scaling of the inverse's adjoint (1/(L_H·L_W), and 2 for the bins of the halved
-  W axis that stand for two) applied to the small kernel-sized result, not to the spectrum.
-CUDA tensors never come here.
+- forward: the product with the H frequencies last, [B, Cout, S, k2, k1] (the kernel spectra are
+  built in that layout, `fast_conv._lifting_spectrum`), so the inverse along H runs on
+  contiguous lines; then the inverse along W on the H rows the crop keeps (not all L_H);
+- backward: one zero-padded 2-D transform of the gradient, and the kernel's gradient in one
+  numba pass (`cpu_kernels.kernel_grad`) that also applies the scaling of the inverse's adjoint
+  (2 for the bins of the halved W axis that stand for two; the 1/(L_H·L_W) is the transform's
+  norm="forward") to the kernel-sized result instead of the batch-sized spectrum.
+Measured against the autograd chain: README "Throughput". CUDA tensors never come here.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _paired_bins(length: int) -> slice:
 
 class _Lifting(torch.autograd.Function):
     """x [B, 1, H, W], kernel K̂ [Cout, S, k2, k1] (H frequencies last) -> y [B, Cout, S, H, W]
-    (a transposed view)."""
+    (a view)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, kernel: Tensor, lengths) -> Tensor:
@@ -41,7 +43,7 @@ class _Lifting(torch.autograd.Function):
         ctx.lengths, ctx.size = lengths, (height, width)
         # The product with the H frequencies last, [B, Cout, S, k2, k1]: the inverse along H then
         # runs along contiguous lines, and the one along W (a strided axis) only on the H rows
-        # the crop keeps. y comes out transposed in memory, [B, Cout, S, W, H].
+        # the crop keeps (torch writes its output with W contiguous: y's rows are L_W apart).
         y_hat = x_hat.transpose(-1, -2).contiguous()[:, None, None] * kernel
         rows = torch.fft.ifft(y_hat, dim=-1)[..., :height]
         y = torch.fft.irfft(rows, n=lengths[1], dim=-2)[..., :width, :]

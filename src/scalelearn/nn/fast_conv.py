@@ -6,7 +6,9 @@ picks one per call from a cost estimate:
   zero) and to the image (offsets beyond ±(H−1) never meet a pixel); padding = the crop's half size.
 - fft: circular convolution over (H, W) at lengths L ≥ H + K//2, long enough that no wrap-around
   reaches the H×W outputs. Every basis function is separable, so its 2-D spectrum is the outer
-  product of two 1-D spectra of its profiles; the channel sum is a matmul per frequency.
+  product of two 1-D spectra of its profiles; the channel sum is a matmul per frequency. On the
+  CPU the lifting of one channel is one autograd function in layouts chosen for the transforms
+  (`cpu_fft.lifting`).
 - rows: the rows (H axis) directly with every profile, then the columns (W axis) by a 1-D FFT
   whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
   (the toy model's lifting layer): the 2-D inverse FFT of every output map is the costly step of
