@@ -17,7 +17,7 @@ from scalelearn.cli import main
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn import cpu_fft, fast_conv
 from scalelearn.nn.conv import h2h_dense, z2h_dense
-from scalelearn.nn.cpu_kernels import channel_mix, kernel_grad
+from scalelearn.nn.cpu_kernels import channel_mix, lifting_kernel_grad
 from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model
 
@@ -122,7 +122,7 @@ def test_channel_mix_gives_the_same_bits_for_every_thread_count():
 
 
 def test_lifting_kernel_gradient_is_the_batch_sum_with_paired_bins_doubled():
-    """cpu_kernels.kernel_grad, float64 against einsum; the same bits for 1, 2 and 3 threads."""
+    """cpu_kernels.lifting_kernel_grad, float64 against einsum; the same bits for 1-3 threads."""
     generator = torch.Generator().manual_seed(5)
     g_hat = _complex(generator, 3, 4, 2, 10, 6)  # [B, Cout, S, k1, k2], L_W 10 or 11
     x_hat = _complex(generator, 3, 10, 6)  # [B, k1, k2]
@@ -131,7 +131,7 @@ def test_lifting_kernel_gradient_is_the_batch_sum_with_paired_bins_doubled():
         wanted = expected.clone()
         wanted[:, :, paired] *= 2
         assert paired == cpu_fft._paired_bins(length)
-        got = kernel_grad(g_hat, x_hat, paired)
+        got = lifting_kernel_grad(g_hat, x_hat, paired)
         torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
     g32, x32 = g_hat.to(torch.complex64), x_hat.to(torch.complex64)
     threads = torch.get_num_threads()
@@ -139,7 +139,7 @@ def test_lifting_kernel_gradient_is_the_batch_sum_with_paired_bins_doubled():
         results = []
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            results.append(kernel_grad(g32, x32, slice(1, 5)))
+            results.append(lifting_kernel_grad(g32, x32, slice(1, 5)))
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], other) for other in results[1:])

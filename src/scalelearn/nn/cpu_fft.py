@@ -11,9 +11,9 @@ gradient Σ_b ĝ[b] · conj(x̂[b]) makes a batch-sized temporary. Here:
   built in that layout, `fast_conv._lifting_spectrum`), so the inverse along H runs on
   contiguous lines; then the inverse along W on the H rows the crop keeps (not all L_H);
 - backward: one zero-padded 2-D transform of the gradient, and the kernel's gradient in one
-  numba pass (`cpu_kernels.kernel_grad`) that also applies the scaling of the inverse's adjoint
-  (2 for the bins of the halved W axis that stand for two; the 1/(L_H·L_W) is the transform's
-  norm="forward") to the kernel-sized result instead of the batch-sized spectrum.
+  numba pass (`cpu_kernels.lifting_kernel_grad`) that also applies the scaling of the inverse's
+  adjoint (2 for the bins of the halved W axis that stand for two; the 1/(L_H·L_W) is the
+  transform's norm="forward") to the kernel-sized result instead of the batch-sized spectrum.
 Measured against the autograd chain: README "Throughput". CUDA tensors never come here.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scalelearn.nn.cpu_kernels import kernel_grad
+from scalelearn.nn.cpu_kernels import lifting_kernel_grad
 
 
 def _paired_bins(length: int) -> slice:
@@ -56,7 +56,7 @@ class _Lifting(torch.autograd.Function):
         g_hat = torch.fft.rfft2(grad, s=lengths, norm="forward")  # [B, Cout, S, k1, k2]
         grad_x = grad_kernel = None
         if ctx.needs_input_grad[1]:
-            grad_kernel = kernel_grad(g_hat, x_hat, _paired_bins(lengths[1]))
+            grad_kernel = lifting_kernel_grad(g_hat, x_hat, _paired_bins(lengths[1]))
         if ctx.needs_input_grad[0]:
             # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's adjoint
             # is L_H·L_W · irfft2 with them halved: the two cancel.

@@ -245,7 +245,7 @@ class _ScaleMax(torch.autograd.Function):
         return out
 
 
-def kernel_grad(g_hat: Tensor, x_hat: Tensor, paired: slice) -> Tensor:
+def lifting_kernel_grad(g_hat: Tensor, x_hat: Tensor, paired: slice) -> Tensor:
     """The kernel's gradient of `cpu_fft.lifting`: g_hat [B, Cout, S, k1, k2], x_hat [B, k1, k2]
     (complex) -> [Cout, S, k2, k1], Σ_b g_hat[b] · conj(x_hat[b]), the bins `paired` of k2
     doubled."""
