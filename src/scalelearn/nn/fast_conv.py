@@ -199,13 +199,19 @@ def _fft_plan(basis: ScaleBasis, height: int, width: int):
     return (_fft_size(height + halves[0]), _fft_size(width + halves[1])), halves
 
 
+def _function_spectra(weight: Tensor, basis: ScaleBasis, lengths, halves):
+    """The 1-D spectra of every basis function's row and column profile, in weight's dtype:
+    -> (rows [S, F, L_H], cols [S, F, L_W//2 + 1])."""
+    profiles = basis.profiles.to(weight.dtype)
+    rows = _profile_spectrum(profiles, halves[0], lengths[0], real=False)[:, basis.row_index]
+    cols = _profile_spectrum(profiles, halves[1], lengths[1], real=True)[:, basis.col_index]
+    return rows, cols
+
+
 def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tensor:
     """weight [Cout, Cin, F] -> kernel spectra [S, L_H, L_W//2 + 1, Cin, Cout] (complex)."""
-    profiles = basis.profiles.to(weight.dtype)
-    rows = _profile_spectrum(profiles, halves[0], lengths[0], real=False)  # [S, P, L_H]
-    cols = _profile_spectrum(profiles, halves[1], lengths[1], real=True)  # [S, P, k2]
-    rows = rows[:, basis.row_index].transpose(1, 2)  # [S, L_H, F]
-    cols = cols[:, basis.col_index].transpose(1, 2)  # [S, k2, F]
+    rows, cols = _function_spectra(weight, basis, lengths, halves)
+    rows, cols = rows.transpose(1, 2), cols.transpose(1, 2)  # [S, L_H, F], [S, k2, F]
     functions = torch.view_as_real(rows[:, :, None] * cols[:, None])  # [S, L_H, k2, F, 2]
     out_channels, in_channels, count = weight.shape
     # One real matmul over F for the real and imaginary parts together, then one copy that puts
@@ -218,9 +224,7 @@ def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tens
 def _lifting_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tensor:
     """weight [Cout, 1, F] -> kernel spectra [Cout, S, L_W//2 + 1, L_H] (complex), the layout of
     `cpu_fft.lifting` (the H frequencies last)."""
-    profiles = basis.profiles.to(weight.dtype)
-    rows = _profile_spectrum(profiles, halves[0], lengths[0], real=False)[:, basis.row_index]
-    cols = _profile_spectrum(profiles, halves[1], lengths[1], real=True)[:, basis.col_index]
+    rows, cols = _function_spectra(weight, basis, lengths, halves)
     # [S, F, L_H] and [S, F, k2] -> [F, S, k2, L_H]
     functions = cols.transpose(0, 1)[..., None] * rows.transpose(0, 1)[:, :, None]
     count = weight.shape[-1]
