@@ -64,10 +64,12 @@ def _forget_compilations():
 
 
 def _fresh(monkeypatch, name: str):
-    """A fresh models.<name> (the same function and dynamic) that also takes CPU tensors."""
+    """A fresh models.<name> (the same function and dynamic) that also takes CPU tensors; the
+    modules it is compared with run as modules (not the CPU training's fused head)."""
     fresh = compiled.CompiledOnCuda(_toy_head, getattr(models, name).dynamic)
     fresh.devices = ("cpu", "cuda")
     monkeypatch.setattr(models, name, fresh)
+    monkeypatch.setattr(models.ToyModel, "_fuses_head", lambda self, x: False)
     monkeypatch.delenv(compiled.ENV, raising=False)
     return fresh
 

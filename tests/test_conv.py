@@ -167,3 +167,82 @@ def test_toy_model_evaluation_pools_first_with_the_same_logits():
         expected = model.fc(model.pool(model.bn(F.relu(z.max(dim=2).values))).flatten(1))
         assert model._pools_first(z)
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_cpu_kernels_read_the_lifting_rows_in_place():
+    """The lifting's output is a crop of wider rows (its inverse transform's L_W): the numba
+    kernels read it in place, and only its W columns (the rest of each row holds other values)."""
+    generator = torch.Generator().manual_seed(3)
+    buffer = torch.randn(2, 3, 4, 8, 13, generator=generator)  # [B, C, S, H, R]
+    buffer[..., 8:] = 1e30  # beyond W = 8: must never be read
+    x = buffer[..., :8]
+    assert cpu_kernels._padded_rows(x).data_ptr() == buffer.data_ptr()
+    dense = x.contiguous()
+    expected = cpu_kernels.scale_max(dense)
+    torch.testing.assert_close(cpu_kernels.scale_max(x), expected, rtol=0, atol=0)
+    for got, expected in zip(
+        cpu_kernels.scale_max_pool(x, 2, 4), cpu_kernels.scale_max_pool(dense, 2, 4), strict=True
+    ):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    increasing = torch.tensor([True, False, True])
+    for got, expected in zip(
+        cpu_kernels.pooled_relu_moments(x, increasing, 2, 4),
+        cpu_kernels.pooled_relu_moments(dense, increasing, 2, 4),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # Other views are made contiguous first.
+    transposed = buffer.transpose(-1, -2)
+    torch.testing.assert_close(cpu_kernels._padded_rows(transposed), transposed.contiguous())
+
+
+def _library_head(y, weight, bias, rows, cols):
+    """pool(bn(relu(max over scales))) in training mode, as the toy model's modules compute it;
+    -> (output, running mean, running variance)."""
+    running_mean, running_var = torch.zeros_like(weight), torch.ones_like(weight)
+    r = F.relu(y.max(dim=2).values)
+    out = F.batch_norm(r, running_mean, running_var, weight, bias, True, 0.1, 1e-5)
+    return F.adaptive_max_pool2d(out, (rows, cols)), running_mean, running_var
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pooled_relu_moments_give_training_batch_norm_and_pool(dtype, threads):
+    """cpu_kernels.pooled_relu_moments: pooled max (min for a negative BN weight), mean and biased
+    variance of relu(scale max); batch norm applied to the pooled values equals the library's
+    pool(bn(relu(max))) in training mode, values and gradients, whole windows at zero included;
+    the same bits for every thread count."""
+    generator = torch.Generator().manual_seed(4)
+    y = torch.randn(3, 4, 3, 8, 6, generator=generator, dtype=dtype)
+    y[0, 1, :, :4, :3] = -1.0  # a window where ReLU leaves only zeros
+    y[1, 2, 1] = y[1, 2, 2]  # ties between scales
+    weight = torch.tensor([0.7, -1.3, 1.1, -0.4], dtype=dtype)
+    bias = torch.randn(4, generator=generator, dtype=dtype)
+    grad = torch.randn(3, 4, 2, 3, generator=generator, dtype=dtype)
+    leaf = y.clone().requires_grad_(True)
+    expected, running_mean, running_var = _library_head(leaf, weight, bias, 2, 3)
+    expected.backward(grad)
+
+    previous = torch.get_num_threads()
+    results = []
+    for count in (threads, 3):
+        torch.set_num_threads(count)
+        try:
+            x = y.clone().requires_grad_(True)
+            pooled, mean, variance = cpu_kernels.pooled_relu_moments(x, weight >= 0, 2, 3)
+            scale = weight * torch.rsqrt(variance + 1e-5)
+            out = (pooled - mean[:, None, None]) * scale[:, None, None] + bias[:, None, None]
+            out.backward(grad)
+        finally:
+            torch.set_num_threads(previous)
+        results.append((out, mean, variance, x.grad))
+    out, mean, variance, x_grad = results[0]
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(out, expected, **tolerance)
+    torch.testing.assert_close(x_grad, leaf.grad, **tolerance)
+    count = 3 * 8 * 6
+    torch.testing.assert_close(0.1 * mean, running_mean, **tolerance)
+    torch.testing.assert_close(0.9 + 0.1 * variance * count / (count - 1), running_var, **tolerance)
+    assert (x_grad[0, 1, :, :4, :3] == 0).all()
+    for a, b in zip(results[0], results[1], strict=True):
+        assert torch.equal(a, b)

@@ -307,6 +307,71 @@ def test_models_give_the_same_logits_and_gradients(cfg, size):
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["fft", "rows"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_toy_training_step_with_the_fused_head_equals_the_modules(method, momentum, monkeypatch):
+    """In CPU training the fast toy model runs its head fused (`ToyModel._fused_head`: scale
+    max, ReLU, batch statistics and pool in one pass, batch norm on the pooled values; with the
+    `fft` lifting one autograd function): the same logits, gradients and BatchNorm running
+    statistics and step count as the dense model's modules, in float64, over two steps."""
+    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: method)
+    fast, dense = _model_pair({"name": "toy", "scale_mode": "single_ratio_squared"})
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        weight = torch.randn(16, generator=generator, dtype=torch.float64)  # both signs
+        for model in (fast, dense):
+            model.bn.momentum = momentum
+            model.bn.weight.copy_(weight)
+    coarse = torch.randn(3, 1, 6, 6, generator=generator, dtype=torch.float64)
+    x = torch.nn.functional.interpolate(coarse, size=40, mode="bilinear")
+    fused = []
+    monkeypatch.setattr(
+        fast, "_fused_head", lambda *a: fused.append(1) or type(fast)._fused_head(fast, *a)
+    )
+    for _ in range(2):
+        logits = []
+        for model in (fast, dense):
+            model.train()
+            model.zero_grad()
+            out = model(x)
+            out.square().sum().backward()
+            logits.append(out)
+        torch.testing.assert_close(logits[0], logits[1], rtol=1e-9, atol=1e-12)
+        parameters = zip(fast.named_parameters(), dense.named_parameters(), strict=True)
+        for (name, a), (_, b) in parameters:
+            if b.grad is not None:
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
+        for (name, a), (_, b) in zip(fast.named_buffers(), dense.named_buffers(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+    assert len(fused) == 2
+    assert dense.bn.num_batches_tracked == 2
+
+
+def test_lifting_with_the_head_equals_lifting_then_head():
+    """cpu_fft.lifting_pooled_relu_moments (the gradient written into the transform's padded
+    buffer) against cpu_fft.lifting followed by cpu_kernels.pooled_relu_moments, float64."""
+    from scalelearn.nn.cpu_kernels import pooled_relu_moments
+
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 1, 12, 16, generator=generator, dtype=torch.float64)
+    kernel = _complex(generator, 3, 2, 11, 15)  # [Cout, S, k2, k1]: L (15, 20)
+    increasing = torch.tensor([True, False, True])
+    grads = [torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)]
+    grads += [torch.randn(3, generator=generator, dtype=torch.float64) for _ in range(2)]
+    results = []
+    for fused in (True, False):
+        leaves = [x.clone().requires_grad_(True), kernel.clone().requires_grad_(True)]
+        if fused:
+            outputs = cpu_fft.lifting_pooled_relu_moments(*leaves, (15, 20), increasing, 4, 4)
+        else:
+            y = cpu_fft.lifting(*leaves, (15, 20))
+            outputs = pooled_relu_moments(y, increasing, 4, 4)
+        torch.autograd.backward(outputs, grads)
+        results.append((*outputs, *(leaf.grad for leaf in leaves)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_bench_json_smoke(capsys):
     main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--json"])
     rows = json.loads(capsys.readouterr().out)

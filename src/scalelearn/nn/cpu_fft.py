@@ -22,7 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scalelearn.nn.cpu_kernels import lifting_kernel_grad
+from scalelearn.nn.cpu_kernels import (
+    lifting_kernel_grad,
+    relu_max_pool_moments,
+    relu_max_pool_moments_grad,
+)
 
 
 def _paired_bins(length: int) -> slice:
@@ -31,39 +35,74 @@ def _paired_bins(length: int) -> slice:
     return slice(1, (length + 1) // 2)
 
 
+def _lift(x: Tensor, kernel: Tensor, lengths) -> tuple[Tensor, Tensor]:
+    """x [B, 1, H, W], kernel K̂ [Cout, S, k2, k1] -> (y [B, Cout, S, H, W], a view; x̂ [B, k1,
+    k2])."""
+    height, width = x.shape[-2:]
+    x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
+    # The product with the H frequencies last, [B, Cout, S, k2, k1]: the inverse along H then
+    # runs along contiguous lines, and the one along W (a strided axis) only on the H rows the
+    # crop keeps (torch writes its output with W contiguous: y's rows are L_W apart).
+    y_hat = x_hat.transpose(-1, -2).contiguous()[:, None, None] * kernel
+    rows = torch.fft.ifft(y_hat, dim=-1)[..., :height]
+    y = torch.fft.irfft(rows, n=lengths[1], dim=-2)[..., :width, :]
+    return y.transpose(-1, -2), x_hat
+
+
+def _lift_grads(ctx, g_hat: Tensor, x_hat: Tensor, kernel: Tensor, needs_x: bool, needs_kernel):
+    """The gradients of x and the kernel from g_hat = rfft2(∂y zero-padded to L, norm="forward")
+    [B, Cout, S, k1, k2]."""
+    grad_x = grad_kernel = None
+    if needs_kernel:
+        grad_kernel = lifting_kernel_grad(g_hat, x_hat, _paired_bins(ctx.lengths[1]))
+    if needs_x:
+        # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's adjoint is
+        # L_H·L_W · irfft2 with them halved: the two cancel.
+        grad_x_hat = (g_hat * kernel.transpose(-1, -2).conj()).sum((1, 2))  # [B, k1, k2]
+        grad_x = torch.fft.irfft2(grad_x_hat, s=ctx.lengths, norm="forward")
+        grad_x = grad_x[:, None, : ctx.size[0], : ctx.size[1]]
+    return grad_x, grad_kernel
+
+
 class _Lifting(torch.autograd.Function):
     """x [B, 1, H, W], kernel K̂ [Cout, S, k2, k1] (H frequencies last) -> y [B, Cout, S, H, W]
     (a view)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, kernel: Tensor, lengths) -> Tensor:
-        height, width = x.shape[-2:]
-        x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
+        y, x_hat = _lift(x, kernel, lengths)
         ctx.save_for_backward(x_hat, kernel)
-        ctx.lengths, ctx.size = lengths, (height, width)
-        # The product with the H frequencies last, [B, Cout, S, k2, k1]: the inverse along H then
-        # runs along contiguous lines, and the one along W (a strided axis) only on the H rows
-        # the crop keeps (torch writes its output with W contiguous: y's rows are L_W apart).
-        y_hat = x_hat.transpose(-1, -2).contiguous()[:, None, None] * kernel
-        rows = torch.fft.ifft(y_hat, dim=-1)[..., :height]
-        y = torch.fft.irfft(rows, n=lengths[1], dim=-2)[..., :width, :]
-        return y.transpose(-1, -2)
+        ctx.lengths, ctx.size = lengths, tuple(x.shape[-2:])
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x_hat, kernel = ctx.saved_tensors
-        lengths = ctx.lengths
-        g_hat = torch.fft.rfft2(grad, s=lengths, norm="forward")  # [B, Cout, S, k1, k2]
-        grad_x = grad_kernel = None
-        if ctx.needs_input_grad[1]:
-            grad_kernel = lifting_kernel_grad(g_hat, x_hat, _paired_bins(lengths[1]))
-        if ctx.needs_input_grad[0]:
-            # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's adjoint
-            # is L_H·L_W · irfft2 with them halved: the two cancel.
-            grad_x_hat = (g_hat * kernel.transpose(-1, -2).conj()).sum((1, 2))  # [B, k1, k2]
-            grad_x = torch.fft.irfft2(grad_x_hat, s=lengths, norm="forward")
-            grad_x = grad_x[:, None, : ctx.size[0], : ctx.size[1]]
-        return grad_x, grad_kernel, None
+        g_hat = torch.fft.rfft2(grad, s=ctx.lengths, norm="forward")  # [B, Cout, S, k1, k2]
+        return *_lift_grads(ctx, g_hat, x_hat, kernel, *ctx.needs_input_grad[:2]), None
+
+
+class _LiftingPooledReluMoments(torch.autograd.Function):
+    """`_Lifting`, then `cpu_kernels.relu_max_pool_moments`: x, K̂, increasing [Cout] ->
+    (pooled [B, Cout, R, Q], mean [Cout], variance [Cout]). The lifting's output is not kept,
+    and the gradient is written straight into the zero-padded buffer the transform reads."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor, lengths, increasing: Tensor, rows, cols):
+        y, x_hat = _lift(x, kernel, lengths)
+        pooled, mean, variance, saved = relu_max_pool_moments(y, increasing, rows, cols)
+        ctx.save_for_backward(x_hat, kernel, mean, *saved)
+        ctx.lengths, ctx.size, ctx.output_shape = lengths, tuple(x.shape[-2:]), y.shape[:3]
+        return pooled, mean, variance
+
+    @staticmethod
+    def backward(ctx, grad_pooled, grad_mean, grad_variance):
+        x_hat, kernel, mean, *saved = ctx.saved_tensors
+        padded = mean.new_empty(*ctx.output_shape, *ctx.lengths)
+        relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, padded)
+        g_hat = torch.fft.rfft2(padded, norm="forward")  # [B, Cout, S, k1, k2]
+        grads = _lift_grads(ctx, g_hat, x_hat, kernel, *ctx.needs_input_grad[:2])
+        return *grads, None, None, None, None
 
 
 def lifting(x: Tensor, kernel: Tensor, lengths) -> Tensor:
@@ -72,3 +111,10 @@ def lifting(x: Tensor, kernel: Tensor, lengths) -> Tensor:
     (a view of a buffer with L_W columns), y[b, o, s] = x[b, 0] ⋆ κ[s, 0, o]. Gradients reach x
     and the kernel."""
     return _Lifting.apply(x, kernel, tuple(lengths))
+
+
+def lifting_pooled_relu_moments(x: Tensor, kernel: Tensor, lengths, increasing: Tensor, rows, cols):
+    """`lifting` followed by `cpu_kernels.pooled_relu_moments` (the toy model's training head up
+    to batch norm) -> (pooled [B, Cout, rows, cols], mean [Cout], variance [Cout]), the same
+    values and gradients, with the gradient handed to the transform without a padding copy."""
+    return _LiftingPooledReluMoments.apply(x, kernel, tuple(lengths), increasing, rows, cols)

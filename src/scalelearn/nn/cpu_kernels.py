@@ -101,9 +101,10 @@ def _kernels() -> dict:
                             out[s, b, j, h, k] += t[s, o, j, k].conjugate() * g[s, o, b, h, k]
 
     @jit
-    def scale_max(x, values, index):
-        """values, index [B, C, H, W] = max and first arg-max of x [B, C, S, H, W] over S."""
-        batch, channels, scales, height, width = x.shape
+    def scale_max(x, width, values, index):
+        """values, index [B, C, H, W] = max and first arg-max of x [B, C, S, H, ≥W][..., :W]
+        over S."""
+        batch, channels, scales, height = x.shape[:4]
         for n in numba.prange(batch * channels):
             b, c = n // channels, n % channels
             for h in range(height):
@@ -146,10 +147,10 @@ def _kernels() -> dict:
                     out[o, s, k2, k1] = 2 * row[k2] if paired_start <= k2 < paired_stop else row[k2]
 
     @jit
-    def scale_max_pool(x, maxima, minima):
+    def scale_max_pool(x, width, maxima, minima):
         """maxima, minima [B, C, R, Q] = max and min over each (H/R)×(W/Q) window of the max of
-        x [B, C, S, H, W] over S (a NaN anywhere in a window wins)."""
-        batch, channels, scales, height, width = x.shape
+        x [B, C, S, H, ≥W][..., :W] over S (a NaN anywhere in a window wins)."""
+        batch, channels, scales, height = x.shape[:4]
         rows, cols = maxima.shape[2], maxima.shape[3]
         window_h, window_w = height // rows, width // cols
         for n in numba.prange(batch * channels):
@@ -173,8 +174,80 @@ def _kernels() -> dict:
                     maxima[b, c, i, j] = high
                     minima[b, c, i, j] = low
 
+    @jit
+    def relu_max_pool_moments(x, width, increasing, pooled, position, relu_max, index, sums):
+        """Per plane (b, c): r = relu(max of x [B, C, S, H, ≥W][..., :W] over S) and its first
+        arg-max scale (relu_max, index [B, C, H, W]); pooled [B, C, R, Q] = the max of r over every
+        (H/R)×(W/Q) window where increasing[c], else the min, at position h·W + w (the first
+        in row-major order, as adaptive max pooling's; a NaN wins); sums [B, C, 2] = Σ r and
+        Σ r² in float64."""
+        batch, channels, scales, height = x.shape[:4]
+        rows, cols = pooled.shape[2], pooled.shape[3]
+        window_h, window_w = height // rows, width // cols
+        for n in numba.prange(batch * channels):
+            b, c = n // channels, n % channels
+            row = np.empty(width, dtype=x.dtype)
+            arg = np.empty(width, dtype=np.uint8)
+            total, squares = 0.0, 0.0
+            for h in range(height):
+                for w in range(width):  # the scale max of one row, scale by scale
+                    row[w], arg[w] = x[b, c, 0, h, w], 0
+                for s in range(1, scales):
+                    for w in range(width):
+                        u, v = x[b, c, s, h, w], row[w]
+                        if u > v or (u != u and v == v):  # the first NaN wins
+                            row[w], arg[w] = u, s
+                for w in range(width):
+                    v = row[w]
+                    r = v if v > 0 or v != v else 0.0  # ReLU (NaN stays NaN)
+                    row[w] = r
+                    relu_max[b, c, h, w], index[b, c, h, w] = r, arg[w]
+                    total += np.float64(r)
+                    squares += np.float64(r) * np.float64(r)
+                i = h // window_h
+                for j in range(cols):
+                    first = j * window_w
+                    if h % window_h == 0:
+                        pooled[b, c, i, j], position[b, c, i, j] = row[first], h * width + first
+                    best, place = pooled[b, c, i, j], position[b, c, i, j]
+                    for w in range(first, first + window_w):
+                        v = row[w]
+                        if (v > best if increasing[c] else v < best) or v != v:
+                            best, place = v, h * width + w
+                    pooled[b, c, i, j], position[b, c, i, j] = best, place
+            sums[b, c, 0], sums[b, c, 1] = total, squares
+
+    @jit
+    def relu_max_pool_moments_grad(g_pooled, position, relu_max, index, offset, slope, out):
+        """out[b, c, s, h, w] = offset[c] + slope[c] · r (+ g_pooled where (h, w) is its
+        window's position) where s is the arg-max scale and r = relu_max[b, c, h, w] > 0, else
+        0; and 0 beyond H × W (out may be a larger, zero-padded buffer)."""
+        batch, channels, height, width = relu_max.shape
+        scales, length_h, length_w = out.shape[2], out.shape[3], out.shape[4]
+        rows, cols = g_pooled.shape[2], g_pooled.shape[3]
+        for n in numba.prange(batch * channels):
+            b, c = n // channels, n % channels
+            for s in range(scales):
+                for h in range(height):
+                    for w in range(width):
+                        r = relu_max[b, c, h, w]
+                        chosen = index[b, c, h, w] == s and r > 0
+                        out[b, c, s, h, w] = offset[c] + slope[c] * r if chosen else 0.0
+                    for w in range(width, length_w):
+                        out[b, c, s, h, w] = 0
+                for h in range(height, length_h):
+                    for w in range(length_w):
+                        out[b, c, s, h, w] = 0
+            for i in range(rows):
+                for j in range(cols):
+                    h, w = position[b, c, i, j] // width, position[b, c, i, j] % width
+                    if relu_max[b, c, h, w] > 0:
+                        out[b, c, index[b, c, h, w], h, w] += g_pooled[b, c, i, j]
+
     return {
         "lifting_kernel_grad": lifting_kernel_grad,
+        "relu_max_pool_moments": relu_max_pool_moments,
+        "relu_max_pool_moments_grad": relu_max_pool_moments_grad,
         "scale_max_pool": scale_max_pool,
         "mix": mix,
         "mix_grad_t": mix_grad_t,
@@ -194,6 +267,20 @@ def _run(kernel: str, *args) -> None:
 
 def _dense(t: Tensor) -> Tensor:
     return t.resolve_conj().contiguous()
+
+
+def _padded_rows(x: Tensor) -> Tensor:
+    """x [..., H, W] as the C-contiguous [..., H, R] buffer it is a crop of, where its rows are
+    R ≥ W apart and unit-strided (the lifting's output: a view into its inverse transform's
+    L_W-wide rows); else x.contiguous(). numba vectorises loops over C-contiguous arrays only:
+    on the strided view itself the scale max took 2-3x as long (measured, e2_toy)."""
+    row = x.stride(-2)
+    shape = (*x.shape[:-1], row)
+    padded = torch.empty(0).new_empty(shape, device="meta")
+    fits = (x.storage_offset() + padded.numel()) * x.element_size() <= x.untyped_storage().nbytes()
+    if x.stride(-1) == 1 and row >= x.shape[-1] and x.stride() == padded.stride() and fits:
+        return x.as_strided(shape, padded.stride())
+    return x.contiguous()
 
 
 class _ChannelMix(torch.autograd.Function):
@@ -232,7 +319,7 @@ class _ScaleMax(torch.autograd.Function):
         batch, channels, scales, height, width = x.shape
         values = x.new_empty(batch, channels, height, width)
         index = torch.empty(values.shape, dtype=torch.uint8)
-        _run("scale_max", x, values, index)  # x in any layout: the lifting's output is a view
+        _run("scale_max", _padded_rows(x), width, values, index)
         ctx.save_for_backward(index)
         ctx.input_shape = x.shape
         return values
@@ -264,10 +351,72 @@ def scale_max_pool(x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor]:
     batch, channels = x.shape[:2]
     maxima = x.new_empty(batch, channels, rows, cols)
     minima = torch.empty_like(maxima)
-    _run("scale_max_pool", x, maxima, minima)
+    _run("scale_max_pool", _padded_rows(x), x.shape[-1], maxima, minima)
     return maxima, minima
 
 
 def scale_max(x: Tensor) -> Tensor:
     """x [B, C, S, H, W] (real, CPU, S < 256) -> x.max(dim=2).values, with max's gradient."""
     return _ScaleMax.apply(x)
+
+
+def relu_max_pool_moments(x: Tensor, increasing: Tensor, rows: int, cols: int):
+    """r = relu(x.max(dim=2)) of x [B, C, S, H, W] (real, CPU, any strides, S < 256; H, W
+    multiples of rows, cols) -> (pooled [B, C, rows, cols]: the max of r over every window where
+    increasing[c] (bool [C]), else the min; mean, variance [C]: r's batch statistics over
+    (B, H, W), the variance biased as batch norm's; saved: what `relu_max_pool_moments_grad`
+    needs). No autograd: `pooled_relu_moments` and `cpu_fft.lifting_pooled_relu_moments` wrap it."""
+    batch, channels, _, height, width = x.shape
+    pooled = x.new_empty(batch, channels, rows, cols)
+    position = torch.empty(pooled.shape, dtype=torch.int64)
+    relu_max = x.new_empty(batch, channels, height, width)
+    index = torch.empty(relu_max.shape, dtype=torch.uint8)
+    sums = torch.empty(batch, channels, 2, dtype=torch.float64)
+    increasing = increasing.detach().to(torch.bool).contiguous()
+    outputs = (pooled, position, relu_max, index, sums)
+    _run("relu_max_pool_moments", _padded_rows(x), width, increasing, *outputs)
+    count = batch * height * width
+    mean, squares = (sums.sum(0) / count).unbind(-1)  # float64: no cancellation below
+    variance = (squares - mean * mean).clamp(min=0)
+    return pooled, mean.to(x.dtype), variance.to(x.dtype), (position, relu_max, index)
+
+
+def relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, out):
+    """The gradient of `relu_max_pool_moments` with respect to x, written into out [B, C, S,
+    L_H, L_W] (L ≥ H, W; zero beyond): ∂mean/∂r = 1/N, ∂variance/∂r = 2 (r − mean)/N (N = B·H·W),
+    ∂pooled/∂r = 1 at each window's position, through ReLU and the arg-max scale."""
+    position, relu_max, index = saved
+    count = relu_max.shape[0] * relu_max.shape[2] * relu_max.shape[3]
+    zeros = mean.new_zeros(mean.shape)
+    grad_mean = zeros if grad_mean is None else grad_mean
+    grad_variance = zeros if grad_variance is None else grad_variance
+    if grad_pooled is None:
+        grad_pooled = torch.zeros_like(position, dtype=out.dtype)
+    offset = ((grad_mean - 2 * grad_variance * mean) / count).to(out.dtype).contiguous()
+    slope = (2 * grad_variance / count).to(out.dtype).contiguous()
+    coefficients = (offset, slope)
+    _run("relu_max_pool_moments_grad", _dense(grad_pooled), *saved, *coefficients, out)
+    return out
+
+
+class _ReluMaxPoolMoments(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, increasing: Tensor, rows: int, cols: int):
+        pooled, mean, variance, saved = relu_max_pool_moments(x, increasing, rows, cols)
+        ctx.save_for_backward(mean, *saved)
+        ctx.input_shape = x.shape
+        return pooled, mean, variance
+
+    @staticmethod
+    def backward(ctx, grad_pooled, grad_mean, grad_variance):
+        mean, *saved = ctx.saved_tensors
+        out = mean.new_empty(ctx.input_shape)
+        relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, out)
+        return out, None, None, None
+
+
+def pooled_relu_moments(x: Tensor, increasing: Tensor, rows: int, cols: int):
+    """`relu_max_pool_moments` with its gradient: x [B, C, S, H, W] -> (pooled [B, C, rows,
+    cols], mean [C], variance [C]) of r = relu(x.max(dim=2)) (the toy model's training head up to
+    batch norm, scalelearn.nn.models.ToyModel)."""
+    return _ReluMaxPoolMoments.apply(x, increasing, rows, cols)

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scalelearn.nn.cpu_fft import lifting
-from scalelearn.nn.cpu_kernels import channel_mix
+from scalelearn.nn.cpu_fft import lifting, lifting_pooled_relu_moments
+from scalelearn.nn.cpu_kernels import channel_mix, pooled_relu_moments
 from scalelearn.nn.hermite import ScaleBasis
 
 # --------------------------------------------------------------------------------------- helpers
@@ -232,11 +232,16 @@ def _lifting_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Ten
     return torch.view_as_complex(spectrum.view(weight.shape[0], *functions.shape[1:], 2))
 
 
+def _cpu_lifting(x: Tensor, weight: Tensor) -> bool:
+    """Whether `fft` runs as `cpu_fft.lifting`: one input channel, lifted, on the CPU."""
+    return x.device.type == "cpu" and x.dim() == 4 and weight.shape[1] == 1
+
+
 def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """2-D FFT convolution -> [B, Cout, S, H, W]."""
     height, width = x.shape[-2:]
     lengths, halves = _fft_plan(basis, height, width)
-    if x.device.type == "cpu" and x.dim() == 4 and weight.shape[1] == 1:
+    if _cpu_lifting(x, weight):
         return lifting(x, _reused(_lifting_spectrum, weight, basis, lengths, halves), lengths)
     spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
     num_scales, k1, k2, in_channels, out_channels = spectrum.shape
@@ -473,7 +478,7 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * scales * bins
         + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * scales * bins
     )
-    if x.device.type == "cpu" and x.dim() == 4 and in_channels == 1 and (learned or not backward):
+    if _cpu_lifting(x, weight) and (learned or not backward):
         costs["fft"] *= _CPU_LIFTING_FFT_SHARE
     mix = scales * (length_w // 2 + 1) * out_channels * in_channels * profiles * batch * height
 
@@ -554,16 +559,37 @@ def _choose(x: Tensor, weight: Tensor, basis: ScaleBasis) -> str:
 _METHODS = {"direct": _direct, "fft": _fft, "rows": _rows, "separable": _separable}
 
 
+def _spectral_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype of every method but `direct`: float32 at least, outside autocast. cuFFT has no
+    bfloat16, and bfloat16 spectra (or separable's bfloat16 passes) would lose the agreement with
+    dense."""
+    return torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+
+
 def _apply(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = None) -> Tensor:
     """One call by `method` (default: `_choose`'s; `scalelearn bench --methods` times each)."""
     method = method or _choose(x, weight, basis)
     if method == "direct":
         return _direct(x, weight, basis)
-    # The others run outside autocast and in float32 at least: cuFFT has no bfloat16, and
-    # bfloat16 spectra (or separable's bfloat16 passes) would lose the agreement with dense.
-    dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+    dtype = _spectral_dtype(x, weight)
     with torch.autocast(x.device.type, enabled=False):
         return _METHODS[method](x.to(dtype), weight.to(dtype), basis)
+
+
+def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Tensor, rows, cols):
+    """`z2h_fast`, then `cpu_kernels.pooled_relu_moments` (CPU): x [B, 1, H, W] -> (pooled [B,
+    Cout, rows, cols], mean [Cout], variance [Cout]) of relu(max over the scales of the
+    lifting), the toy model's training head up to batch norm. Where `fft` lifts on the CPU, the
+    two are one autograd function (`cpu_fft.lifting_pooled_relu_moments`), whose backward writes
+    the gradient straight into the transform's zero-padded input."""
+    method = _choose(x, weight, basis)
+    if method != "fft" or not _cpu_lifting(x, weight):
+        return pooled_relu_moments(_apply(x, weight, basis, method), increasing, rows, cols)
+    dtype = _spectral_dtype(x, weight)
+    lengths, halves = _fft_plan(basis, *x.shape[-2:])
+    with torch.autocast("cpu", enabled=False):
+        kernel = _lifting_spectrum(weight.to(dtype), basis, lengths, halves)
+        return lifting_pooled_relu_moments(x.to(dtype), kernel, lengths, increasing, rows, cols)
 
 
 def z2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:

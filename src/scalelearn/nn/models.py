@@ -296,6 +296,8 @@ class ToyModel(ScaleEquivariantNet):
         chunk = self.lift_chunk(x, basis)
         if chunk >= len(x) and self._head().compiles(x):
             return self._compiled_head(self.conv(x))
+        if chunk >= len(x) and self._fuses_head(x):
+            return self.fc(self._fused_head(x, basis).flatten(1))
         if chunk >= len(x):
             z = self.conv(x)
             if self._pools_first(z):
@@ -334,6 +336,45 @@ class ToyModel(ScaleEquivariantNet):
             self.fc.weight,
             self.fc.bias,
         )
+
+    def _fuses_head(self, x: Tensor) -> bool:
+        """Whether `_fused_head` runs: CPU training of the fast implementation, pools' exact
+        windows."""
+        return (
+            self.training
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and self.conv.implementation == "fast"
+            and self.conv.bias is None
+            and self.bn.track_running_stats
+            and x.shape[-2] % 4 == 0
+            and x.shape[-1] % 4 == 0
+            and self.basis.num_scales < 256
+            and not torch.compiler.is_compiling()
+        )
+
+    def _fused_head(self, x: Tensor, basis: ScaleBasis) -> Tensor:
+        """Training on the CPU: [B, 1, H, W] -> [B, 16, 4, 4], pool(bn(relu(scale max of the
+        lifting))) with batch statistics, BatchNorm2d's running statistics and step counter
+        updated as its training forward does. Batch norm scales each channel by a monotone map,
+        so, as in `_pooled_head`, it commutes with the window's max (its min for a negative
+        weight) and acts on the pooled values; its batch statistics, and their gradient, come
+        with the pooling from one pass over the lifting's output (`fast_conv.z2h_fast_pooled`),
+        where scale max, ReLU, batch norm and the pool made eight over [B, 16, H, W] maps,
+        forward and backward."""
+        self.conv._check_input(x)
+        bn = self.bn
+        pooled, mean, variance = fast_conv.z2h_fast_pooled(
+            x, self.conv.weight, basis, bn.weight >= 0, 4, 4
+        )
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1 / bn.num_batches_tracked.item()
+            count = x.shape[0] * x.shape[-2] * x.shape[-1]
+            bn.running_mean.mul_(1 - factor).add_(factor * mean)
+            bn.running_var.mul_(1 - factor).add_(factor * count / (count - 1) * variance)
+        scale = bn.weight * torch.rsqrt(variance + bn.eps)
+        return (pooled - mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
 
     def _pools_first(self, z: Tensor) -> bool:
         """Whether `_pooled_head` runs: CPU evaluation (eval mode, no autograd) of pools' exact
