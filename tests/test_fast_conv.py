@@ -190,6 +190,46 @@ def _layer(
     return x, weight, HermiteBasis(basis, eff).to(device)(scales)
 
 
+@pytest.mark.parametrize("symmetric", [True, False], ids=["hermite", "asymmetric"])
+def test_kernel_spectra_split_by_parity_match_dense(symmetric):
+    """The fft method builds each function's spectrum as purely real or purely imaginary from
+    the parity of its profiles (fast_conv._parity_split): Hermite profiles are exactly even or
+    odd; profiles of neither parity (here, Hermite profiles with a random asymmetric part) must
+    contribute both parts. Both against dense, float64, outputs and gradients (of the profiles
+    too where they have no parity)."""
+    from scalelearn.nn.hermite import ScaleBasis
+
+    basis_args, scales, x, weight, grad_out = layer_inputs("b_sesn", False, 2, torch.float64)
+    basis = HermiteBasis(*basis_args)(scales)
+    profiles = basis.profiles.detach()
+    count = basis.num_functions
+    if symmetric:
+        parts = fast_conv._parity_split(basis)
+        assert sorted(parts[0].tolist() + parts[1].tolist()) == list(range(count))
+        assert 0 < len(parts[1]) < count
+    else:
+        generator = torch.Generator().manual_seed(8)
+        profiles = profiles + 0.1 * torch.rand(profiles.shape, generator=generator).double()
+        asymmetric = ScaleBasis(profiles, basis.row_index, basis.col_index, basis.supports)
+        assert all(len(part) == count for part in fast_conv._parity_split(asymmetric))
+
+    def layer(function, x, weight, profiles):
+        basis_at = ScaleBasis(profiles, basis.row_index, basis.col_index, basis.supports)
+        return function(x, weight, basis_at)
+
+    results = []
+    for function in (fast_conv._fft, h2h_dense):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, profiles)]
+        y = layer(function, *leaves)
+        # Even and odd profiles get their gradient along even and odd changes only: the
+        # gradient of the scales (test_every_method_matches_dense_in_float64), not of every
+        # profile value.
+        leaves = leaves if not symmetric else leaves[:2]
+        results.append((y, *torch.autograd.grad(y, leaves, grad_out)))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_choice_follows_the_measured_winners():
     """The cheapest method of the timings recorded next to the cost model in fast_conv."""
     toy = [2.0, 3.4641, 6.0]  # E2, K 49
