@@ -210,12 +210,21 @@ def _library_head(y, weight, bias, rows, cols):
 def test_pooled_relu_moments_give_training_batch_norm_and_pool(dtype, threads):
     """cpu_kernels.pooled_relu_moments: pooled max (min for a negative BN weight), mean and biased
     variance of relu(scale max); batch norm applied to the pooled values equals the library's
-    pool(bn(relu(max))) in training mode, values and gradients, whole windows at zero included;
-    the same bits for every thread count."""
+    pool(bn(relu(max))) in training mode, values and gradients, whole windows at zero and ties
+    included; the same bits for every thread count."""
     generator = torch.Generator().manual_seed(4)
     y = torch.randn(3, 4, 3, 8, 6, generator=generator, dtype=dtype)
     y[0, 1, :, :4, :3] = -1.0  # a window where ReLU leaves only zeros
     y[1, 2, 1] = y[1, 2, 2]  # ties between scales
+    # Ties inside window (0, 0) (rows 0-3, columns 0-1): the first in row-major order, (0, 1)
+    # before (1, 0), takes the gradient; a max for channel 0, a min for channel 1.
+    y[2, 0, :, :4, :2], y[2, 1, :, :4, :2] = -1.0, 3.0
+    y[2, 0, :, 0, 1] = y[2, 0, :, 1, 0] = 5.0
+    y[2, 1, :, 0, 1] = y[2, 1, :, 1, 0] = 1.0
+    # ... and in one column of window (0, 1) (columns 2-3): (0, 2) before (2, 2).
+    y[2, 0, :, :4, 2:4], y[2, 1, :, :4, 2:4] = -1.0, 3.0
+    y[2, 0, :, 0, 2] = y[2, 0, :, 2, 2] = 4.0
+    y[2, 1, :, 0, 2] = y[2, 1, :, 2, 2] = 2.0
     weight = torch.tensor([0.7, -1.3, 1.1, -0.4], dtype=dtype)
     bias = torch.randn(4, generator=generator, dtype=dtype)
     grad = torch.randn(3, 4, 2, 3, generator=generator, dtype=dtype)

@@ -186,9 +186,16 @@ def _kernels() -> dict:
         window_h, window_w = height // rows, width // cols
         for n in numba.prange(batch * channels):
             b, c = n // channels, n % channels
+            up = increasing[c]
             row = np.empty(width, dtype=x.dtype)
             arg = np.empty(width, dtype=np.uint8)
-            total, squares = 0.0, 0.0
+            # Per column: the sums, and the extreme over the window's rows so far and its row
+            # (elementwise across a row, so the loops vectorise; a window's columns are reduced
+            # once, at its last row).
+            total = np.zeros(width, dtype=np.float64)
+            squares = np.zeros(width, dtype=np.float64)
+            best = np.empty(width, dtype=x.dtype)
+            best_row = np.empty(width, dtype=np.int64)
             for h in range(height):
                 for w in range(width):  # the scale max of one row, scale by scale
                     row[w], arg[w] = x[b, c, 0, h, w], 0
@@ -202,20 +209,31 @@ def _kernels() -> dict:
                     r = v if v > 0 or v != v else 0.0  # ReLU (NaN stays NaN)
                     row[w] = r
                     relu_max[b, c, h, w], index[b, c, h, w] = r, arg[w]
-                    total += np.float64(r)
-                    squares += np.float64(r) * np.float64(r)
-                i = h // window_h
-                for j in range(cols):
-                    first = j * window_w
-                    if h % window_h == 0:
-                        pooled[b, c, i, j], position[b, c, i, j] = row[first], h * width + first
-                    best, place = pooled[b, c, i, j], position[b, c, i, j]
-                    for w in range(first, first + window_w):
-                        v = row[w]
-                        if (v > best if increasing[c] else v < best) or v != v:
-                            best, place = v, h * width + w
-                    pooled[b, c, i, j], position[b, c, i, j] = best, place
-            sums[b, c, 0], sums[b, c, 1] = total, squares
+                    total[w] += r
+                    squares[w] += np.float64(r) * np.float64(r)
+                if h % window_h == 0:
+                    for w in range(width):
+                        best[w], best_row[w] = row[w], h
+                elif up:
+                    for w in range(width):
+                        if row[w] > best[w] or row[w] != row[w]:
+                            best[w], best_row[w] = row[w], h
+                else:
+                    for w in range(width):
+                        if row[w] < best[w] or row[w] != row[w]:
+                            best[w], best_row[w] = row[w], h
+                if h % window_h == window_h - 1:
+                    i = h // window_h
+                    for j in range(cols):  # the first extreme in row-major order
+                        first = j * window_w
+                        top, place = best[first], best_row[first] * width + first
+                        for w in range(first + 1, first + window_w):
+                            v, at = best[w], best_row[w] * width + w
+                            better = v > top if up else v < top
+                            if better or (v == top and at < place) or (v != v and top == top):
+                                top, place = v, at
+                        pooled[b, c, i, j], position[b, c, i, j] = top, place
+            sums[b, c, 0], sums[b, c, 1] = total.sum(), squares.sum()
 
     @jit
     def relu_max_pool_moments_grad(g_pooled, position, relu_max, index, offset, slope, out):
