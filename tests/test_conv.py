@@ -255,3 +255,40 @@ def test_pooled_relu_moments_give_training_batch_norm_and_pool(dtype, threads):
     assert (x_grad[0, 1, :, :4, :3] == 0).all()
     for a, b in zip(results[0], results[1], strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bias_relu_pool_is_max_pool_of_relu(dtype):
+    """cpu_kernels.bias_relu_pool (SESN's conv → ReLU → pool on the CPU) against
+    max_pool3d(relu(x + bias), (1, 2, 2)): values and the gradients of x and the bias, on the
+    lifting's cropped rows, with odd sides (floored), ties inside a window (the first in
+    row-major order takes the gradient) and windows below zero; the same bits for 1-3 threads."""
+    generator = torch.Generator().manual_seed(5)
+    buffer = torch.randn(2, 3, 2, 7, 12, generator=generator, dtype=dtype)
+    x = buffer[..., :9]  # [B, C, S, 7, 9], rows 12 apart
+    x[0, 0, 0, :2, :2] = 0.5  # four equal values
+    x[0, 0, 1, 2:4, 4:6] = torch.tensor([[0.1, 0.7], [0.7, 0.2]], dtype=dtype)
+    x[1, 2, :, :4, :4] = -5.0  # ReLU leaves zeros
+    bias = torch.tensor([0.25, -0.5, 0.0], dtype=dtype)
+    grad = torch.randn(2, 3, 2, 3, 4, generator=generator, dtype=dtype)
+    leaves = [x.detach().clone().requires_grad_(True), bias.clone().requires_grad_(True)]
+    expected = F.max_pool3d(F.relu(leaves[0] + leaves[1][:, None, None, None]), (1, 2, 2))
+    expected.backward(grad)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            inputs = [buffer.clone().requires_grad_(True), bias.clone().requires_grad_(True)]
+            out = cpu_kernels.bias_relu_pool(inputs[0][..., :9], inputs[1])  # in place
+            out.backward(grad)
+            assert (inputs[0].grad[..., 9:] == 0).all()
+            results.append((out, inputs[0].grad[..., :9], inputs[1].grad))
+    finally:
+        torch.set_num_threads(previous)
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(results[0][0], expected, rtol=0, atol=0)
+    assert torch.equal(results[0][1], leaves[0].grad)
+    torch.testing.assert_close(results[0][2], leaves[1].grad, **tolerance)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))

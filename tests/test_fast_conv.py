@@ -387,6 +387,34 @@ def test_toy_training_step_with_the_fused_head_equals_the_modules(method, moment
     assert dense.bn.num_batches_tracked == 2
 
 
+def test_sesn_training_step_on_the_cpu_equals_the_modules():
+    """SESN's blocks in CPU training (bias, ReLU and pool fused, `SESNNet._conv_relu_pool`) and
+    its H→H spectra: the fast model's logits, gradients and BatchNorm statistics equal the dense
+    model's modules in float64 (dropout drawn alike)."""
+    fast, dense = _model_pair({"name": "sesn", "scale_mode": "single_ratio_squared"})
+    coarse = torch.randn(
+        3, 1, 5, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64
+    )
+    x = torch.nn.functional.interpolate(coarse, size=28, mode="bilinear")
+    logits = []
+    for model in (fast, dense):
+        model.train()
+        torch.manual_seed(10)
+        out = model(x)
+        out.square().sum().backward()
+        logits.append(out)
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-9, atol=1e-12)
+    for (name, a), (_, b) in zip(fast.named_parameters(), dense.named_parameters(), strict=True):
+        if b.grad is None:
+            assert a.grad is None, name
+            continue
+        # Biases before a batch norm get a gradient of rounding size: compared absolutely.
+        scale = float(b.grad.abs().max()) if b.grad.abs().max() > 1e-9 else 1.0
+        assert float((a.grad - b.grad).abs().max()) <= 1e-9 * scale, name
+    for (name, a), (_, b) in zip(fast.named_buffers(), dense.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+
+
 def test_lifting_with_the_head_equals_lifting_then_head():
     """cpu_fft.lifting_pooled_relu_moments (the gradient written into the transform's padded
     buffer) against cpu_fft.lifting followed by cpu_kernels.pooled_relu_moments, float64."""

@@ -94,11 +94,12 @@ class _ScaleConv(nn.Module):
         self._check_input(x)
         return self.convolve(x, self.basis())
 
-    def convolve(self, x: Tensor, basis: ScaleBasis) -> Tensor:
+    def convolve(self, x: Tensor, basis: ScaleBasis, add_bias: bool = True) -> Tensor:
         """The layer with an explicit basis of the shared scales (for callers that hold one
-        across several calls, e.g. the toy model's checkpointed chunks)."""
+        across several calls, e.g. the toy model's checkpointed chunks), without its bias where
+        add_bias is False (for callers that add it themselves)."""
         y = IMPLEMENTATIONS[self.implementation][self._which](x, self.weight, basis)
-        if self.bias is not None:
+        if add_bias and self.bias is not None:
             y = y + self.bias[:, None, None, None]
         return y
 
