@@ -24,9 +24,18 @@ arg-max (the first of equal maxima; a NaN wins, as in torch.max) and so the same
 window of the scale max: one pass over the lifting's output, where ReLU, batch norm and the pool
 made four over [B, C, H, W] maps (scalelearn.nn.models.ToyModel._pooled_head).
 
-Each output element is computed by one thread in a fixed order, so the numbers are the same for
-every thread count (numba's threads follow torch.get_num_threads()). Kernels compile on first
-use and are cached on disk next to this file (numba's `cache=True`; NUMBA_CACHE_DIR moves it).
+**The toy model's training head up to batch norm** (`pooled_relu_moments`): r = relu(scale max),
+every pool window's max or min of r, and r's batch mean and variance, in one pass over the
+lifting's output; its backward writes the gradient in one pass, into the `fft` lifting's
+zero-padded buffer where it follows that lifting (scalelearn.nn.models.ToyModel._fused_head).
+
+**SESN's bias, ReLU and 2×2 max pool** (`bias_relu_pool`), one pass each way.
+
+The kernels read the lifting's output, a crop of wider rows, in place (`_padded_rows`): numba
+vectorises loops over C-contiguous arrays only. Each output element is computed by one thread
+in a fixed order, so the numbers are the same for every thread count (numba's threads follow
+torch.get_num_threads()). Kernels compile on first use and are cached on disk next to this file
+(numba's `cache=True`; NUMBA_CACHE_DIR moves it).
 """
 
 from __future__ import annotations
