@@ -223,3 +223,26 @@ def test_working_bytes_is_the_memory_a_forward_call_takes(method):
                 fast_conv._apply(x, weight, basis, method)
     estimate = fast_conv.working_bytes(x, weight, basis, method) / 2**20
     assert estimate / 2 <= peak.peak_mib <= 1.1 * estimate
+
+
+def test_sesn_estimate_counts_every_scale_layer():
+    """SESN's first two blocks run fused on the CPU (bias, ReLU and pool in one pass): their
+    layers must still be seen by the memory probe, whose estimate is at least each layer's
+    input plus its working memory per image."""
+    from scalelearn.nn import fast_conv
+
+    model = trained_looking({"name": "sesn"})
+    inputs = {
+        model.conv1: torch.zeros(1, 1, 56, 56),
+        model.conv2: torch.zeros(1, 32, 4, 28, 28),
+        model.conv3: torch.zeros(1, 63, 4, 14, 14),
+    }
+    nominal = evaluation._NOMINAL_BATCH
+    with torch.no_grad():
+        needed = [
+            x.numel() * 4
+            + fast_conv.working_bytes(x.expand(nominal, *x.shape[1:]), conv.weight, conv.basis())
+            // nominal
+            for conv, x in inputs.items()
+        ]
+    assert evaluation.bytes_per_image(model, (1, 28, 28)) >= max(needed)

@@ -90,9 +90,9 @@ class _ScaleConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, add_bias: bool = True) -> Tensor:
         self._check_input(x)
-        return self.convolve(x, self.basis())
+        return self.convolve(x, self.basis(), add_bias)
 
     def convolve(self, x: Tensor, basis: ScaleBasis, add_bias: bool = True) -> Tensor:
         """The layer with an explicit basis of the shared scales (for callers that hold one

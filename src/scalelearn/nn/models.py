@@ -459,7 +459,8 @@ class SESNNet(ScaleEquivariantNet):
         [B, C, S, H/2, W/2] (odd sides floored)."""
         if _library_pool(x):
             return F.max_pool3d(x, (1, 2, 2))
-        # Evaluation on the CPU: the same values from elementwise maxima of the four strided
+        # Evaluation on the CPU (of the dense layers: the fast ones take `_conv_relu_pool`'s
+        # fused pass): the same values from elementwise maxima of the four strided
         # sub-grids. max_pool3d also computes the arg-max indices, single-threaded per plane:
         # 50 against 8-10 ms on [49, 32, 4, 56, 56] with 2 threads, a fifth of SESN's evaluation.
         # The result is contiguous, as max_pool3d's is whatever the input's layout (the layers
@@ -477,9 +478,8 @@ class SESNNet(ScaleEquivariantNet):
         fused = x.device.type == "cpu" and conv.implementation == "fast" and conv.bias is not None
         if not fused or torch.compiler.is_compiling():
             return self._pool(F.relu(conv(x)))
-        conv._check_input(x)
-        y = conv.convolve(x, conv.basis(), add_bias=False)
-        return cpu_kernels.bias_relu_pool(y, conv.bias)
+        # Through the module, so that its hooks see the call (evaluation's memory probe).
+        return cpu_kernels.bias_relu_pool(conv(x, add_bias=False), conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
