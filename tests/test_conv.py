@@ -191,9 +191,12 @@ def test_cpu_kernels_read_the_lifting_rows_in_place():
         strict=True,
     ):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    # Other views are made contiguous first.
+    # Other views are made contiguous first: a transposed one, and rows 13 apart whose storage
+    # ends with the last row's 8 values (no room for the padded buffer).
     transposed = buffer.transpose(-1, -2)
     torch.testing.assert_close(cpu_kernels._padded_rows(transposed), transposed.contiguous())
+    short = torch.randn(4 * 13 - 5, generator=generator).as_strided((4, 8), (13, 1))
+    torch.testing.assert_close(cpu_kernels._padded_rows(short), short.contiguous())
 
 
 def _library_head(y, weight, bias, rows, cols):
