@@ -147,10 +147,19 @@ def test_cpu_scale_max_pool_is_max_then_window_max_and_min(dtype):
     assert maxima.isnan().sum() == 2
 
 
-def test_toy_model_evaluation_pools_first_with_the_same_logits():
+@pytest.mark.parametrize("method", ["chosen", "fft"])
+def test_toy_model_evaluation_pools_first_with_the_same_logits(method, monkeypatch):
     """Evaluation on the CPU pools the scale max before ReLU and batch norm (max for channels
-    with a positive BN scale, min for a negative one): the same logits as pool(bn(relu(max)))."""
+    with a positive BN scale, min for a negative one), inside the lifting layer (where `fft`
+    lifts, pass by pass: here one image per pass): the same logits as pool(bn(relu(max)))."""
+    from scalelearn.nn import cpu_fft, fast_conv
     from scalelearn.nn.models import build_model
+
+    if method == "fft":
+        monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
+        monkeypatch.setattr(cpu_fft, "PASS_BYTES", 1)
+        passes, lift_pass = [], cpu_fft._lift_pass
+        monkeypatch.setattr(cpu_fft, "_lift_pass", lambda *a: passes.append(1) or lift_pass(*a))
 
     torch.manual_seed(0)
     model = build_model({"name": "toy", "scale_mode": "fixed", "sigma_basis": 1.0, "isr": 2.0})
@@ -165,8 +174,12 @@ def test_toy_model_evaluation_pools_first_with_the_same_logits():
     with torch.inference_mode():
         z = model.conv(x).contiguous()
         expected = model.fc(model.pool(model.bn(F.relu(z.max(dim=2).values))).flatten(1))
-        assert model._pools_first(z)
+        assert model._pools_first(x)
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    if method == "fft":
+        assert len(passes) == 3 + 3  # the reference's lifting (one pass per image), then ours
+    with pytest.raises(RuntimeError, match="no gradient"):
+        model.conv(x, extremes=(4, 4))
 
 
 def test_cpu_kernels_read_the_lifting_rows_in_place():

@@ -17,7 +17,7 @@ from scalelearn.cli import main
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn import cpu_fft, fast_conv
 from scalelearn.nn.conv import h2h_dense, z2h_dense
-from scalelearn.nn.cpu_kernels import channel_mix, lifting_kernel_grad
+from scalelearn.nn.cpu_kernels import add_lifting_kernel_grad, channel_mix
 from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model
 
@@ -121,28 +121,37 @@ def test_channel_mix_gives_the_same_bits_for_every_thread_count():
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
 
 
-def test_lifting_kernel_gradient_is_the_batch_sum_with_paired_bins_doubled():
-    """cpu_kernels.lifting_kernel_grad, float64 against einsum; the same bits for 1-3 threads."""
+def _kernel_grad(g_hat, x_hat, passes=((0, None),)):
+    total = torch.zeros(*g_hat.shape[1:], dtype=g_hat.dtype)
+    for start, stop in passes:
+        add_lifting_kernel_grad(g_hat[start:stop], x_hat[start:stop], total)
+    return total
+
+
+def test_lifting_kernel_gradient_is_the_batch_sum_pass_by_pass():
+    """cpu_kernels.add_lifting_kernel_grad, float64 against einsum, added to what is there; in
+    float32 the same bits in one call as in passes of images, and for 1-3 threads."""
     generator = torch.Generator().manual_seed(5)
-    g_hat = _complex(generator, 3, 4, 2, 10, 6)  # [B, Cout, S, k1, k2], L_W 10 or 11
+    g_hat = _complex(generator, 3, 4, 2, 10, 6)  # [B, Cout, S, k1, k2]
     x_hat = _complex(generator, 3, 10, 6)  # [B, k1, k2]
-    expected = torch.einsum("boskl,bkl->oslk", g_hat, x_hat.conj())
-    for length, paired in ((10, slice(1, 5)), (11, slice(1, 6))):
-        wanted = expected.clone()
-        wanted[:, :, paired] *= 2
-        assert paired == cpu_fft._paired_bins(length)
-        got = lifting_kernel_grad(g_hat, x_hat, paired)
-        torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
+    expected = torch.einsum("boskl,bkl->oskl", g_hat, x_hat.conj())
+    torch.testing.assert_close(_kernel_grad(g_hat, x_hat), expected, rtol=1e-12, atol=1e-12)
+    total = expected.clone()
+    add_lifting_kernel_grad(g_hat, x_hat, total)
+    torch.testing.assert_close(total, 2 * expected, rtol=1e-12, atol=1e-12)
     g32, x32 = g_hat.to(torch.complex64), x_hat.to(torch.complex64)
+    whole = _kernel_grad(g32, x32)
+    assert torch.equal(whole, _kernel_grad(g32, x32, ((0, 1), (1, 3))))
+    assert torch.equal(whole, _kernel_grad(g32, x32, ((0, 2), (2, 3))))
     threads = torch.get_num_threads()
     try:
         results = []
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            results.append(lifting_kernel_grad(g32, x32, slice(1, 5)))
+            results.append(_kernel_grad(g32, x32))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(results[0], other) for other in results[1:])
+    assert all(torch.equal(whole, other) for other in results)
 
 
 def test_channel_mix_runs_on_numbas_own_thread_pool():
@@ -347,14 +356,20 @@ def test_models_give_the_same_logits_and_gradients(cfg, size):
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["fft", "rows"])
+@pytest.mark.parametrize(
+    "method, pass_bytes", [("fft", 1 << 40), ("fft", 1), ("rows", cpu_fft.PASS_BYTES)]
+)
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_toy_training_step_with_the_fused_head_equals_the_modules(method, momentum, monkeypatch):
+def test_toy_training_step_with_the_fused_head_equals_the_modules(
+    method, pass_bytes, momentum, monkeypatch
+):
     """In CPU training the fast toy model runs its head fused (`ToyModel._fused_head`: scale
     max, ReLU, batch statistics and pool in one pass, batch norm on the pooled values; with the
-    `fft` lifting one autograd function): the same logits, gradients and BatchNorm running
-    statistics and step count as the dense model's modules, in float64, over two steps."""
+    `fft` lifting one autograd function, in one pass or image by image): the same logits,
+    gradients and BatchNorm running statistics and step count as the dense model's modules, in
+    float64, over two steps."""
     monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: method)
+    monkeypatch.setattr(cpu_fft, "PASS_BYTES", pass_bytes)
     fast, dense = _model_pair({"name": "toy", "scale_mode": "single_ratio_squared"})
     generator = torch.Generator().manual_seed(6)
     with torch.no_grad():
@@ -438,6 +453,50 @@ def test_lifting_with_the_head_equals_lifting_then_head():
         results.append((*outputs, *(leaf.grad for leaf in leaves)))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _lifting_results(x, kernel, lengths, increasing, grads):
+    """Outputs and gradients of the three cpu_fft liftings, float32."""
+    results = []
+    for name in ("lifting", "lifting_pooled_relu_moments"):
+        leaves = [x.clone().requires_grad_(True), kernel.clone().requires_grad_(True)]
+        if name == "lifting":
+            outputs = (cpu_fft.lifting(*leaves, lengths),)
+            torch.autograd.backward(outputs, grads[0])
+        else:
+            outputs = cpu_fft.lifting_pooled_relu_moments(*leaves, lengths, increasing, 4, 4)
+            torch.autograd.backward(outputs, grads[1:])
+        results += [*outputs, *(leaf.grad for leaf in leaves)]
+    with torch.inference_mode():
+        results += cpu_fft.lifting_scale_max_pool(x, kernel, lengths, 4, 4)
+    return results
+
+
+def test_lifting_pass_by_pass_gives_the_bits_of_one_pass(monkeypatch):
+    """cpu_fft transforms a batch a few images at a time (PASS_BYTES): the outputs and gradients
+    of every lifting are the same bits for one pass, a pass per image and passes of two images
+    (the last one short); the evaluation head equals scale_max_pool of the lifting."""
+    from scalelearn.nn.cpu_kernels import scale_max_pool
+
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 1, 12, 16, generator=generator)
+    kernel = _complex(generator, 3, 2, 11, 15, dtype=torch.float32)  # [Cout, S, k2, k1]
+    lengths, increasing = (15, 20), torch.tensor([True, False, True])
+    grads = [torch.randn(5, 3, 2, 12, 16, generator=generator)]
+    grads += [torch.randn(5, 3, 4, 4, generator=generator)]
+    grads += [torch.randn(3, generator=generator) for _ in range(2)]
+    spectrum = kernel.numel() * kernel.element_size()  # one image's
+    runs = {}
+    for passes, size in (("one", 1 << 40), ("per image", 1), ("of two", 2 * spectrum)):
+        monkeypatch.setattr(cpu_fft, "PASS_BYTES", size)
+        assert len(cpu_fft._passes(5, kernel)) == {"one": 1, "per image": 5, "of two": 3}[passes]
+        runs[passes] = _lifting_results(x, kernel, lengths, increasing, grads)
+    for passes in ("per image", "of two"):
+        for a, b in zip(runs["one"], runs[passes], strict=True):
+            assert torch.equal(a, b), passes
+    y = runs["one"][0]
+    for a, b in zip(runs["one"][-2:], scale_max_pool(y.detach(), 4, 4), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_bench_json_smoke(capsys):

@@ -22,18 +22,23 @@ from scalelearn.nn.scales import InternalScales
 
 
 def trace(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple]]:
-    """Run the model once; return (output, [(module, input, output)] in call order)."""
+    """Run the model once; return (output, [(module, input, output)] in call order). The toy
+    model's CPU evaluation, which pools the lifting's scale max inside the layer
+    (ToyModel._pooled_head), runs its modules one by one instead (the same logits, tested)."""
     calls = []
 
     def hook(module, inputs, output):
         calls.append((module, inputs[0] if inputs else None, output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    if hasattr(model, "_pools_first"):
+        model._pools_first = lambda x: False
     try:
         output = model(x)
     finally:
         for handle in handles:
             handle.remove()
+        model.__dict__.pop("_pools_first", None)
     return output, calls
 
 
@@ -128,7 +133,6 @@ def test_toy_model_layers_compute_the_spec_pipeline():
     # CPU evaluation pools before ReLU and BN (the same values, ToyModel._pooled_head): the
     # modules' pipeline is traced with that off, and the logits must be the same either way.
     pooled_first = model(x)
-    model._pools_first = lambda z: False
     logits, calls = trace(model, x)
     assert close(pooled_first, logits)
     assert logits.shape == (2, 10)

@@ -138,6 +138,27 @@ class ScaleConvZ2H(_ScaleConv):
 
     _which = 0
 
+    def forward(
+        self, x: Tensor, add_bias: bool = True, extremes: tuple[int, int] | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x [B, Cin, H, W] -> [B, Cout, S, H, W]; or, where `extremes` = (R, Q) is given (CPU,
+        without autograd: evaluation), (maxima, minima) [B, Cout, R, Q], the max and the min of
+        the output's max over the scales in each (H/R)×(W/Q) window (H, W multiples of R, Q):
+        for heads that pool right after the scale max (the toy model's), which then never hold
+        the output whole (`fast_conv.z2h_fast_extremes`)."""
+        if extremes is None:
+            return super().forward(x, add_bias)
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            raise RuntimeError(
+                "ScaleConvZ2H(extremes=...) has no gradient and runs on the CPU only: call it "
+                "under torch.no_grad() or torch.inference_mode() with a CPU tensor"
+            )
+        self._check_input(x)
+        basis = self.basis()
+        if self.implementation == "fast" and not (add_bias and self.bias is not None):
+            return fast_conv.z2h_fast_extremes(x, self.weight, basis, *extremes)
+        return cpu_kernels.scale_max_pool(self.convolve(x, basis, add_bias), *extremes)
+
 
 class ScaleConvH2H(_ScaleConv):
     """Scale-to-scale layer (SESN's SESConv_H_H, scale_size 1): [B, Cin, S, H, W] ->

@@ -11,9 +11,14 @@ gradient Σ_b ĝ[b] · conj(x̂[b]) makes a batch-sized temporary. Here:
   built in that layout, `fast_conv._lifting_spectrum`), so the inverse along H runs on
   contiguous lines; then the inverse along W on the H rows the crop keeps (not all L_H);
 - backward: one zero-padded 2-D transform of the gradient, and the kernel's gradient in one
-  numba pass (`cpu_kernels.lifting_kernel_grad`) that also applies the scaling of the inverse's
-  adjoint (2 for the bins of the halved W axis that stand for two; the 1/(L_H·L_W) is the
-  transform's norm="forward") to the kernel-sized result instead of the batch-sized spectrum.
+  numba pass (`cpu_kernels.add_lifting_kernel_grad`); the scaling of the inverse's adjoint (2
+  for the bins of the halved W axis that stand for two; the 1/(L_H·L_W) is the transform's
+  norm="forward") is applied to the kernel-sized sum instead of the batch-sized spectrum;
+- passes: every step runs on a few images at a time (`PASS_BYTES` of spectrum), so that each
+  transform reads what the step before wrote from the cache; the toy model's heads (training:
+  `lifting_pooled_relu_moments`, evaluation: `lifting_scale_max_pool`) pool each pass's output
+  at once, and the whole output is never held. A pass's numbers are those of the whole batch
+  (every step but the kernel's gradient is per image, and that one sums the images in order).
 Measured against the autograd chain: README "Throughput". CUDA tensors never come here.
 """
 
@@ -23,10 +28,30 @@ import torch
 from torch import Tensor
 
 from scalelearn.nn.cpu_kernels import (
-    lifting_kernel_grad,
-    relu_max_pool_moments,
+    add_lifting_kernel_grad,
     relu_max_pool_moments_grad,
+    relu_max_pool_moments_into,
+    relu_max_pool_moments_outputs,
+    relu_max_pool_moments_result,
+    scale_max_pool,
 )
+
+# The images of one pass of the transforms: as many as keep the pass's spectrum within this many
+# bytes, so that each transform reads what the one before it wrote from the cache rather than
+# from memory (README "Throughput": the toy model's lifting, forward, 1.9 instead of 2.7 ms per
+# image in passes of one image at K 49 on this project's 2-core CPU).
+PASS_BYTES = 4 << 20
+
+
+def images_per_pass(batch: int, spectrum_bytes: int) -> int:
+    """Images per pass of a batch whose spectrum takes spectrum_bytes per image."""
+    return min(batch, max(1, PASS_BYTES // spectrum_bytes))
+
+
+def _passes(batch: int, kernel: Tensor) -> list[slice]:
+    """The images of each pass: kernel K̂ [Cout, S, k2, k1] has one image's spectrum's size."""
+    step = images_per_pass(batch, kernel.numel() * kernel.element_size())
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
 def _paired_bins(length: int) -> slice:
@@ -35,32 +60,39 @@ def _paired_bins(length: int) -> slice:
     return slice(1, (length + 1) // 2)
 
 
-def _lift(x: Tensor, kernel: Tensor, lengths) -> tuple[Tensor, Tensor]:
-    """x [B, 1, H, W], kernel K̂ [Cout, S, k2, k1] -> (y [B, Cout, S, H, W], a view; x̂ [B, k1,
-    k2])."""
-    height, width = x.shape[-2:]
-    x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
-    # The product with the H frequencies last, [B, Cout, S, k2, k1]: the inverse along H then
-    # runs along contiguous lines, and the one along W (a strided axis) only on the H rows the
-    # crop keeps (torch writes its output with W contiguous: y's rows are L_W apart).
+def _lift_pass(x_hat: Tensor, kernel: Tensor, height: int, length_w: int) -> Tensor:
+    """The lifting of the images whose spectra are x̂ [b, k1, k2], kernel K̂ [Cout, S, k2, k1]
+    -> y [b, Cout, S, height, L_W] (the first H rows of the inverse, all L_W columns)."""
+    # The product with the H frequencies last, [b, Cout, S, k2, k1]: the inverse along H runs
+    # along contiguous lines; the one along W only on the H rows the crop keeps.
     y_hat = x_hat.transpose(-1, -2).contiguous()[:, None, None] * kernel
     rows = torch.fft.ifft(y_hat, dim=-1)[..., :height]
-    y = torch.fft.irfft(rows, n=lengths[1], dim=-2)[..., :width, :]
-    return y.transpose(-1, -2), x_hat
+    return torch.fft.irfft(rows.transpose(-1, -2), n=length_w, dim=-1)
 
 
-def _lift_grads(ctx, g_hat: Tensor, x_hat: Tensor, kernel: Tensor, needs_x: bool, needs_kernel):
-    """The gradients of x and the kernel from g_hat = rfft2(∂y zero-padded to L, norm="forward")
-    [B, Cout, S, k1, k2]."""
-    grad_x = grad_kernel = None
+def _lift_grads(ctx, x_hat: Tensor, kernel: Tensor, g_hat_of):
+    """The gradients of x and the kernel, pass by pass: g_hat_of(images) = rfft2(∂y of those
+    images zero-padded to L, norm="forward") [b, Cout, S, k1, k2]."""
+    needs_x, needs_kernel = ctx.needs_input_grad[:2]
+    height, width = ctx.size
+    grad_x = x_hat.real.new_empty(len(x_hat), 1, height, width) if needs_x else None
+    total = kernel.new_zeros(*kernel.shape[:2], *x_hat.shape[1:]) if needs_kernel else None
+    for images in _passes(len(x_hat), kernel):
+        g_hat = g_hat_of(images)
+        if needs_kernel:
+            add_lifting_kernel_grad(g_hat, x_hat[images], total)  # [Cout, S, k1, k2]
+        if needs_x:
+            # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's adjoint
+            # is L_H·L_W · irfft2 with them halved: the two cancel.
+            grad_x_hat = (g_hat * kernel.transpose(-1, -2).conj()).sum((1, 2))  # [b, k1, k2]
+            grad = torch.fft.irfft2(grad_x_hat, s=ctx.lengths, norm="forward")
+            grad_x[images, 0] = grad[:, :height, :width]
+    grad_kernel = None
     if needs_kernel:
-        grad_kernel = lifting_kernel_grad(g_hat, x_hat, _paired_bins(ctx.lengths[1]))
-    if needs_x:
-        # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's adjoint is
-        # L_H·L_W · irfft2 with them halved: the two cancel.
-        grad_x_hat = (g_hat * kernel.transpose(-1, -2).conj()).sum((1, 2))  # [B, k1, k2]
-        grad_x = torch.fft.irfft2(grad_x_hat, s=ctx.lengths, norm="forward")
-        grad_x = grad_x[:, None, : ctx.size[0], : ctx.size[1]]
+        # The inverse's adjoint: the bins of the halved W axis that stand for two count twice
+        # (the 1/(L_H·L_W) is the transform's norm="forward").
+        total[..., _paired_bins(ctx.lengths[1])] *= 2
+        grad_kernel = total.transpose(-1, -2).contiguous()
     return grad_x, grad_kernel
 
 
@@ -70,39 +102,65 @@ class _Lifting(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, kernel: Tensor, lengths) -> Tensor:
-        y, x_hat = _lift(x, kernel, lengths)
+        height, width = x.shape[-2:]
+        x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
+        passes = _passes(len(x), kernel)
+        if len(passes) == 1:
+            y = _lift_pass(x_hat, kernel, height, lengths[1])
+        else:
+            y = x.new_empty(len(x), *kernel.shape[:2], height, lengths[1])
+            for images in passes:
+                y[images] = _lift_pass(x_hat[images], kernel, height, lengths[1])
         ctx.save_for_backward(x_hat, kernel)
-        ctx.lengths, ctx.size = lengths, tuple(x.shape[-2:])
-        return y
+        ctx.lengths, ctx.size = lengths, (height, width)
+        return y[..., :width]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x_hat, kernel = ctx.saved_tensors
-        g_hat = torch.fft.rfft2(grad, s=ctx.lengths, norm="forward")  # [B, Cout, S, k1, k2]
-        return *_lift_grads(ctx, g_hat, x_hat, kernel, *ctx.needs_input_grad[:2]), None
+
+        def g_hat_of(images):
+            return torch.fft.rfft2(grad[images], s=ctx.lengths, norm="forward")
+
+        return *_lift_grads(ctx, x_hat, kernel, g_hat_of), None
 
 
 class _LiftingPooledReluMoments(torch.autograd.Function):
-    """`_Lifting`, then `cpu_kernels.relu_max_pool_moments`: x, K̂, increasing [Cout] ->
-    (pooled [B, Cout, R, Q], mean [Cout], variance [Cout]). The lifting's output is not kept,
-    and the gradient is written straight into the zero-padded buffer the transform reads."""
+    """`_Lifting`, then `cpu_kernels.relu_max_pool_moments`, pass by pass: x, K̂, increasing
+    [Cout] -> (pooled [B, Cout, R, Q], mean [Cout], variance [Cout]). The lifting's output is
+    never whole (the head reads each pass's from the cache), and the gradient is written
+    straight into the zero-padded buffer the transform reads."""
 
     @staticmethod
     def forward(ctx, x: Tensor, kernel: Tensor, lengths, increasing: Tensor, rows, cols):
-        y, x_hat = _lift(x, kernel, lengths)
-        pooled, mean, variance, saved = relu_max_pool_moments(y, increasing, rows, cols)
+        height, width = x.shape[-2:]
+        x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
+        shape = (len(x), *kernel.shape[:2], height, width)
+        outputs = relu_max_pool_moments_outputs(shape, x.dtype, rows, cols)
+        for images in _passes(len(x), kernel):
+            y = _lift_pass(x_hat[images], kernel, height, lengths[1])[..., :width]
+            relu_max_pool_moments_into(y, increasing, [t[images] for t in outputs])
+        pooled, mean, variance, saved = relu_max_pool_moments_result(outputs, x.dtype)
         ctx.save_for_backward(x_hat, kernel, mean, *saved)
-        ctx.lengths, ctx.size, ctx.output_shape = lengths, tuple(x.shape[-2:]), y.shape[:3]
+        ctx.lengths, ctx.size, ctx.scales = lengths, (height, width), kernel.shape[1]
         return pooled, mean, variance
 
     @staticmethod
     def backward(ctx, grad_pooled, grad_mean, grad_variance):
         x_hat, kernel, mean, *saved = ctx.saved_tensors
-        padded = mean.new_empty(*ctx.output_shape, *ctx.lengths)
-        relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, padded)
-        g_hat = torch.fft.rfft2(padded, norm="forward")  # [B, Cout, S, k1, k2]
-        grads = _lift_grads(ctx, g_hat, x_hat, kernel, *ctx.needs_input_grad[:2])
-        return *grads, None, None, None, None
+        batch, channels = saved[1].shape[:2]
+        count = batch * ctx.size[0] * ctx.size[1]
+        step = _passes(batch, kernel)[0].stop
+        padded = mean.new_empty(step, channels, ctx.scales, *ctx.lengths)  # one pass's
+
+        def g_hat_of(images):
+            part = padded[: images.stop - images.start]
+            grads = (grad_mean, grad_variance, count, part)
+            pooled = None if grad_pooled is None else grad_pooled[images]
+            relu_max_pool_moments_grad([t[images] for t in saved], mean, pooled, *grads)
+            return torch.fft.rfft2(part, norm="forward")  # [b, Cout, S, k1, k2]
+
+        return *_lift_grads(ctx, x_hat, kernel, g_hat_of), None, None, None, None
 
 
 def lifting(x: Tensor, kernel: Tensor, lengths) -> Tensor:
@@ -118,3 +176,17 @@ def lifting_pooled_relu_moments(x: Tensor, kernel: Tensor, lengths, increasing: 
     to batch norm) -> (pooled [B, Cout, rows, cols], mean [Cout], variance [Cout]), the same
     values and gradients, with the gradient handed to the transform without a padding copy."""
     return _LiftingPooledReluMoments.apply(x, kernel, tuple(lengths), increasing, rows, cols)
+
+
+def lifting_scale_max_pool(x: Tensor, kernel: Tensor, lengths, rows: int, cols: int):
+    """`lifting` followed by `cpu_kernels.scale_max_pool` (evaluation, no gradient), pass by
+    pass: the head reads each pass's output from the cache, and the lifting's output is never
+    whole -> (maxima, minima) [B, Cout, rows, cols]."""
+    height, width = x.shape[-2:]
+    x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
+    extremes = []
+    for images in _passes(len(x), kernel):
+        y = _lift_pass(x_hat[images], kernel, height, lengths[1])[..., :width]
+        extremes.append(scale_max_pool(y, rows, cols))
+    maxima, minima = zip(*extremes, strict=True)
+    return torch.cat(maxima), torch.cat(minima)

@@ -18,7 +18,7 @@ scatters into it (6.2 ms); one pass each here (2.4 and 2.7 ms), with the same va
 arg-max (the first of equal maxima; a NaN wins, as in torch.max) and so the same gradients.
 
 **The lifting's kernel gradient** (`cpu_fft.lifting`, the `fft` method's lifting of one channel):
-Σ_b ĝ[b] · conj(x̂[b]) read once in the spectrum's layout and written in the kernel's.
+Σ_b ĝ[b] · conj(x̂[b]) read once in the spectrum's layout, added pass by pass.
 
 **Evaluation's scale max and pool** of the toy model, [B, C, S, H, W] -> max and min of every pool
 window of the scale max: one pass over the lifting's output, where ReLU, batch norm and the pool
@@ -139,49 +139,56 @@ def _kernels() -> dict:
                         out[b, c, s, h, w] = g[b, c, h, w] if index[b, c, h, w] == s else 0
 
     @jit
-    def lifting_kernel_grad(g, x, paired_start, paired_stop, out):
-        """out[o, s, k2, k1] = Σ_b g[b, o, s, k1, k2] · conj(x[b, k1, k2]), times 2 for
-        paired_start <= k2 < paired_stop."""
+    def lifting_kernel_grad(g, x, total):
+        """total[o, s, k1, k2] += Σ_b g[b, o, s, k1, k2] · conj(x[b, k1, k2]), b in order (so
+        that images added pass by pass sum as they would in one call)."""
         batch, outs, scales, rows, bins = g.shape
         for n in numba.prange(outs * scales):
             o, s = n // scales, n % scales
-            row = np.empty(bins, dtype=g.dtype)
-            for k1 in range(rows):  # one row of g per image, read in order; out written across
-                for k2 in range(bins):
-                    row[k2] = g[0, o, s, k1, k2] * x[0, k1, k2].conjugate()
-                for b in range(1, batch):
+            for k1 in range(rows):  # one row of g per image, read in order
+                row = total[o, s, k1]
+                for b in range(batch):
                     for k2 in range(bins):
                         row[k2] += g[b, o, s, k1, k2] * x[b, k1, k2].conjugate()
-                for k2 in range(bins):
-                    out[o, s, k2, k1] = 2 * row[k2] if paired_start <= k2 < paired_stop else row[k2]
 
     @jit
     def scale_max_pool(x, width, maxima, minima):
         """maxima, minima [B, C, R, Q] = max and min over each (H/R)×(W/Q) window of the max of
-        x [B, C, S, H, ≥W][..., :W] over S (a NaN anywhere in a window wins)."""
+        x [B, C, S, H, ≥W][..., :W] over S (a NaN anywhere in a window wins). Elementwise
+        across rows, with selections on `|` (the loops vectorise: 2.7x faster than reducing
+        each window row by row, measured); a window's columns are reduced at its last row."""
         batch, channels, scales, height = x.shape[:4]
         rows, cols = maxima.shape[2], maxima.shape[3]
         window_h, window_w = height // rows, width // cols
         for n in numba.prange(batch * channels):
             b, c = n // channels, n % channels
             row = np.empty(width, dtype=x.dtype)
+            high = np.empty(width, dtype=x.dtype)  # per column, over the window's rows so far
+            low = np.empty(width, dtype=x.dtype)
             for h in range(height):
                 for w in range(width):  # the scale max of one row, scale by scale
                     row[w] = x[b, c, 0, h, w]
                 for s in range(1, scales):
                     for w in range(width):
-                        u = x[b, c, s, h, w]
-                        row[w] = u if u > row[w] or u != u else row[w]
-                i = h // window_h
-                for j in range(cols):
-                    high = row[j * window_w] if h % window_h == 0 else maxima[b, c, i, j]
-                    low = row[j * window_w] if h % window_h == 0 else minima[b, c, i, j]
-                    for w in range(j * window_w, (j + 1) * window_w):
-                        v = row[w]
-                        high = v if v > high or v != v else high
-                        low = v if v < low or v != v else low
-                    maxima[b, c, i, j] = high
-                    minima[b, c, i, j] = low
+                        u, v = x[b, c, s, h, w], row[w]
+                        row[w] = u if (u > v) | (u != u) else v
+                if h % window_h == 0:
+                    high[:] = row
+                    low[:] = row
+                else:
+                    for w in range(width):
+                        v, top, bottom = row[w], high[w], low[w]
+                        high[w] = v if (v > top) | (v != v) else top
+                        low[w] = v if (v < bottom) | (v != v) else bottom
+                if h % window_h == window_h - 1:
+                    i = h // window_h
+                    for j in range(cols):
+                        top, bottom = high[j * window_w], low[j * window_w]
+                        for w in range(j * window_w + 1, (j + 1) * window_w):
+                            u, v = high[w], low[w]
+                            top = u if (u > top) | (u != u) else top
+                            bottom = v if (v < bottom) | (v != v) else bottom
+                        maxima[b, c, i, j], minima[b, c, i, j] = top, bottom
 
     @jit
     def relu_max_pool_moments(x, width, increasing, pooled, position, relu_max, index, sums):
@@ -411,15 +418,11 @@ class _ScaleMax(torch.autograd.Function):
         return out
 
 
-def lifting_kernel_grad(g_hat: Tensor, x_hat: Tensor, paired: slice) -> Tensor:
-    """The kernel's gradient of `cpu_fft.lifting`: g_hat [B, Cout, S, k1, k2], x_hat [B, k1, k2]
-    (complex) -> [Cout, S, k2, k1], Σ_b g_hat[b] · conj(x_hat[b]), the bins `paired` of k2
-    doubled."""
-    g_hat, x_hat = _dense(g_hat), _dense(x_hat)
-    batch, outs, scales, rows, bins = g_hat.shape
-    out = g_hat.new_empty(outs, scales, bins, rows)
-    _run("lifting_kernel_grad", g_hat, x_hat, paired.start, paired.stop, out)
-    return out
+def add_lifting_kernel_grad(g_hat: Tensor, x_hat: Tensor, total: Tensor) -> None:
+    """The kernel's gradient of `cpu_fft.lifting`, before its paired bins are doubled, summed
+    over some images: g_hat [B, Cout, S, k1, k2], x_hat [B, k1, k2] (complex); total [Cout, S,
+    k1, k2] (contiguous) += Σ_b g_hat[b] · conj(x_hat[b])."""
+    _run("lifting_kernel_grad", _dense(g_hat), _dense(x_hat), total)
 
 
 def scale_max_pool(x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor]:
@@ -439,33 +442,53 @@ def scale_max(x: Tensor) -> Tensor:
     return _ScaleMax.apply(x)
 
 
+def relu_max_pool_moments_outputs(x_shape, dtype, rows: int, cols: int) -> tuple:
+    """Empty outputs of `relu_max_pool_moments_into` for x of x_shape [B, C, S, H, W]: pooled,
+    position [B, C, rows, cols], relu_max, index [B, C, H, W], sums [B, C, 2] (float64)."""
+    batch, channels, _, height, width = x_shape
+    pooled = torch.empty(batch, channels, rows, cols, dtype=dtype)
+    position = torch.empty(pooled.shape, dtype=torch.int64)
+    relu_max = torch.empty(batch, channels, height, width, dtype=dtype)
+    index = torch.empty(relu_max.shape, dtype=torch.uint8)
+    sums = torch.empty(batch, channels, 2, dtype=torch.float64)
+    return pooled, position, relu_max, index, sums
+
+
+def relu_max_pool_moments_into(x: Tensor, increasing: Tensor, outputs: tuple) -> None:
+    """Per image of x [B, C, S, H, W] (real, CPU, any strides, S < 256; H, W multiples of the
+    pool's rows, cols), into `outputs` (`relu_max_pool_moments_outputs`, or the same images'
+    slices of them): r = relu(x.max(dim=2)) and its arg-max scale, the max of r over every pool
+    window where increasing[c] (bool [C]), else the min, and its first place, and Σ r, Σ r²."""
+    increasing = increasing.detach().to(torch.bool).contiguous()
+    _run("relu_max_pool_moments", _padded_rows(x), x.shape[-1], increasing, *outputs)
+
+
+def relu_max_pool_moments_result(outputs: tuple, dtype) -> tuple:
+    """The outputs of every image -> (pooled, mean, variance, saved) of `relu_max_pool_moments`."""
+    pooled, position, relu_max, index, sums = outputs
+    count = relu_max.shape[0] * relu_max.shape[2] * relu_max.shape[3]
+    mean, squares = (sums.sum(0) / count).unbind(-1)  # float64: no cancellation below
+    variance = (squares - mean * mean).clamp(min=0)
+    return pooled, mean.to(dtype), variance.to(dtype), (position, relu_max, index)
+
+
 def relu_max_pool_moments(x: Tensor, increasing: Tensor, rows: int, cols: int):
     """r = relu(x.max(dim=2)) of x [B, C, S, H, W] (real, CPU, any strides, S < 256; H, W
     multiples of rows, cols) -> (pooled [B, C, rows, cols]: the max of r over every window where
     increasing[c] (bool [C]), else the min; mean, variance [C]: r's batch statistics over
     (B, H, W), the variance biased as batch norm's; saved: what `relu_max_pool_moments_grad`
     needs). No autograd: `pooled_relu_moments` and `cpu_fft.lifting_pooled_relu_moments` wrap it."""
-    batch, channels, _, height, width = x.shape
-    pooled = x.new_empty(batch, channels, rows, cols)
-    position = torch.empty(pooled.shape, dtype=torch.int64)
-    relu_max = x.new_empty(batch, channels, height, width)
-    index = torch.empty(relu_max.shape, dtype=torch.uint8)
-    sums = torch.empty(batch, channels, 2, dtype=torch.float64)
-    increasing = increasing.detach().to(torch.bool).contiguous()
-    outputs = (pooled, position, relu_max, index, sums)
-    _run("relu_max_pool_moments", _padded_rows(x), width, increasing, *outputs)
-    count = batch * height * width
-    mean, squares = (sums.sum(0) / count).unbind(-1)  # float64: no cancellation below
-    variance = (squares - mean * mean).clamp(min=0)
-    return pooled, mean.to(x.dtype), variance.to(x.dtype), (position, relu_max, index)
+    outputs = relu_max_pool_moments_outputs(x.shape, x.dtype, rows, cols)
+    relu_max_pool_moments_into(x, increasing, outputs)
+    return relu_max_pool_moments_result(outputs, x.dtype)
 
 
-def relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, out):
+def relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, count, out):
     """The gradient of `relu_max_pool_moments` with respect to x, written into out [B, C, S,
-    L_H, L_W] (L ≥ H, W; zero beyond): ∂mean/∂r = 1/N, ∂variance/∂r = 2 (r − mean)/N (N = B·H·W),
+    L_H, L_W] (L ≥ H, W; zero beyond): ∂mean/∂r = 1/N, ∂variance/∂r = 2 (r − mean)/N (N =
+    `count`, B·H·W of the whole batch: saved and grad_pooled may be some images' slices),
     ∂pooled/∂r = 1 at each window's position, through ReLU and the arg-max scale."""
     position, relu_max, index = saved
-    count = relu_max.shape[0] * relu_max.shape[2] * relu_max.shape[3]
     zeros = mean.new_zeros(mean.shape)
     grad_mean = zeros if grad_mean is None else grad_mean
     grad_variance = zeros if grad_variance is None else grad_variance
@@ -490,7 +513,9 @@ class _ReluMaxPoolMoments(torch.autograd.Function):
     def backward(ctx, grad_pooled, grad_mean, grad_variance):
         mean, *saved = ctx.saved_tensors
         out = mean.new_empty(ctx.input_shape)
-        relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, out)
+        batch, _, _, height, width = ctx.input_shape
+        count = batch * height * width
+        relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, count, out)
         return out, None, None, None
 
 

@@ -36,8 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scalelearn.nn.cpu_fft import lifting, lifting_pooled_relu_moments
-from scalelearn.nn.cpu_kernels import channel_mix, pooled_relu_moments
+from scalelearn.nn.cpu_fft import (
+    images_per_pass,
+    lifting,
+    lifting_pooled_relu_moments,
+    lifting_scale_max_pool,
+)
+from scalelearn.nn.cpu_kernels import channel_mix, pooled_relu_moments, scale_max_pool
 from scalelearn.nn.hermite import ScaleBasis
 
 # --------------------------------------------------------------------------------------- helpers
@@ -566,6 +571,14 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
     if method == "separable":  # one scale's row pass, the per-scale outputs and their stack
         return (batch * in_channels * profiles * height * width + 2 * outputs) * real
     (length_h, length_w), _ = _fft_plan(basis, height, width)
+    if method == "fft" and _cpu_lifting(x, weight):
+        # x̂, the output, and one pass's ŷ, its inverse along H, that inverse's copy for the one
+        # along W, and the pass's output (copied into the whole one where there are passes).
+        spectrum = out_channels * scales * length_h * (length_w // 2 + 1) * complex_
+        output = out_channels * scales * height * length_w * real
+        x_hat = spectrum // (out_channels * scales)
+        step = images_per_pass(batch, spectrum)
+        return batch * (x_hat + output) + step * (3 * spectrum + output)
     if method == "fft":
         bins = length_h * (length_w // 2 + 1)
         x_hat = batch * in_channels * max(inputs, scales) * bins * complex_
@@ -618,20 +631,40 @@ def _apply(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = No
         return _METHODS[method](x.to(dtype), weight.to(dtype), basis)
 
 
+def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis):
+    """(x, K̂, lengths) for `cpu_fft` in the spectral dtype where the cost model picks `fft` for
+    a lifting on the CPU, else None."""
+    if _choose(x, weight, basis) != "fft" or not _cpu_lifting(x, weight):
+        return None
+    dtype = _spectral_dtype(x, weight)
+    lengths, halves = _fft_plan(basis, *x.shape[-2:])
+    kernel = _reused(_lifting_spectrum, weight.to(dtype), basis, lengths, halves)
+    return x.to(dtype), kernel, lengths
+
+
 def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Tensor, rows, cols):
     """`z2h_fast`, then `cpu_kernels.pooled_relu_moments` (CPU): x [B, 1, H, W] -> (pooled [B,
     Cout, rows, cols], mean [Cout], variance [Cout]) of relu(max over the scales of the
     lifting), the toy model's training head up to batch norm. Where `fft` lifts on the CPU, the
     two are one autograd function (`cpu_fft.lifting_pooled_relu_moments`), whose backward writes
     the gradient straight into the transform's zero-padded input."""
-    method = _choose(x, weight, basis)
-    if method != "fft" or not _cpu_lifting(x, weight):
-        return pooled_relu_moments(_apply(x, weight, basis, method), increasing, rows, cols)
-    dtype = _spectral_dtype(x, weight)
-    lengths, halves = _fft_plan(basis, *x.shape[-2:])
     with torch.autocast("cpu", enabled=False):
-        kernel = _lifting_spectrum(weight.to(dtype), basis, lengths, halves)
-        return lifting_pooled_relu_moments(x.to(dtype), kernel, lengths, increasing, rows, cols)
+        plan = _cpu_fft_lifting(x, weight, basis)
+        if plan is not None:
+            return lifting_pooled_relu_moments(*plan, increasing, rows, cols)
+    return pooled_relu_moments(_apply(x, weight, basis), increasing, rows, cols)
+
+
+def z2h_fast_extremes(x: Tensor, weight: Tensor, basis: ScaleBasis, rows: int, cols: int):
+    """`z2h_fast`, then `cpu_kernels.scale_max_pool` (CPU, no gradient): x [B, 1, H, W] ->
+    (maxima, minima) [B, Cout, rows, cols] over every window of the max over the scales of the
+    lifting, the toy model's evaluation head up to ReLU. Where `fft` lifts on the CPU, the two
+    run pass by pass (`cpu_fft.lifting_scale_max_pool`)."""
+    with torch.autocast("cpu", enabled=False):
+        plan = _cpu_fft_lifting(x, weight, basis)
+        if plan is not None:
+            return lifting_scale_max_pool(*plan, rows, cols)
+    return scale_max_pool(_apply(x, weight, basis), rows, cols)
 
 
 def z2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:

@@ -298,11 +298,10 @@ class ToyModel(ScaleEquivariantNet):
             return self._compiled_head(self.conv(x))
         if chunk >= len(x) and self._fuses_head(x):
             return self.fc(self._fused_head(x, basis).flatten(1))
+        if chunk >= len(x) and self._pools_first(x):
+            return self.fc(self._pooled_head(*self.conv(x, extremes=(4, 4))).flatten(1))
         if chunk >= len(x):
-            z = self.conv(x)
-            if self._pools_first(z):
-                return self.fc(self._pooled_head(z).flatten(1))
-            x = F.relu(self.projection(z))
+            x = F.relu(self.projection(self.conv(x)))
         else:
             x = torch.cat(
                 [
@@ -376,26 +375,27 @@ class ToyModel(ScaleEquivariantNet):
         scale = bn.weight * torch.rsqrt(variance + bn.eps)
         return (pooled - mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
 
-    def _pools_first(self, z: Tensor) -> bool:
+    def _pools_first(self, x: Tensor) -> bool:
         """Whether `_pooled_head` runs: CPU evaluation (eval mode, no autograd) of pools' exact
         windows."""
         return (
             not self.training
-            and z.device.type == "cpu"
-            and not (torch.is_grad_enabled() and z.requires_grad)
-            and z.shape[-2] % 4 == 0
-            and z.shape[-1] % 4 == 0
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and x.shape[-2] % 4 == 0
+            and x.shape[-1] % 4 == 0
             and not torch.compiler.is_compiling()
         )
 
-    def _pooled_head(self, z: Tensor) -> Tensor:
-        """The lifting's output [B, 16, S, H, W] -> [B, 16, 4, 4], the same values as
-        pool(bn(relu(scale max))) in eval mode, pooled first. ReLU and eval-mode batch norm act
-        on each element by a monotone map (rounding keeps it monotone), so they commute with the
-        max of a window: BN with a positive scale takes the window's max, with a negative one its
-        min. One pass over the lifting's output instead of four over [B, 16, H, W] maps (CPU
-        evaluation of E2's toy model, 256 images: scale max, ReLU, BN and pool took a fifth)."""
-        maxima, minima = cpu_kernels.scale_max_pool(z, 4, 4)
+    def _pooled_head(self, maxima: Tensor, minima: Tensor) -> Tensor:
+        """The max and min over each pool window of the lifting's scale max (`ScaleConvZ2H`'s
+        `extremes`) [B, 16, 4, 4] -> [B, 16, 4, 4], the same values as pool(bn(relu(scale
+        max))) in eval mode, pooled first. ReLU and eval-mode batch norm act on each element by
+        a monotone map (rounding keeps it monotone), so they commute with the max of a window:
+        BN with a positive scale takes the window's max, with a negative one its min. One pass
+        over the lifting's output instead of four over [B, 16, H, W] maps (CPU evaluation of
+        E2's toy model, 256 images: scale max, ReLU, BN and pool took a fifth), and where the
+        lifting runs pass by pass (`cpu_fft`), each pass's output is pooled from the cache."""
         increasing = (self.bn.weight >= 0)[:, None, None]
         return self.bn(F.relu(torch.where(increasing, maxima, minima)))
 
