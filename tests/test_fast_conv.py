@@ -154,21 +154,32 @@ def test_lifting_kernel_gradient_is_the_batch_sum_pass_by_pass():
     assert all(torch.equal(whole, other) for other in results)
 
 
-def test_channel_mix_runs_on_numbas_own_thread_pool():
-    """numba's OpenMP layer ignored set_num_threads(1) and kept a second core busy in one-thread
-    training jobs (two jobs on two cores took twice as long): channel_mix picks the workqueue
-    layer, unless the user chose one. A fresh process: the layer is read when numba is imported."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_threading_layer_follows_the_thread_count(threads):
+    """numba's OpenMP layer kept a second core busy in one-thread training jobs (two jobs on two
+    cores took twice as long): with one torch thread the kernels take the workqueue layer; with
+    more, OpenMP where numba can load it (its workers answer between torch's parallel ops twice
+    as fast), unless the user chose a layer. A fresh process: the layer is read when numba is
+    imported."""
     code = (
-        "import torch; from scalelearn.nn.cpu_kernels import channel_mix, _numba\n"
+        f"import torch; torch.set_num_threads({threads})\n"
+        "from scalelearn.nn.cpu_kernels import channel_mix, _numba\n"
         "t = torch.ones(1, 2, 1, 3, dtype=torch.complex64)\n"
         "channel_mix(t, torch.ones(1, 1, 1, 4, 3, dtype=torch.complex64))\n"
         "print(_numba().threading_layer())"
     )
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
-    assert result.stdout.split()[-1] == "workqueue"
+    if threads == 1:
+        assert result.stdout.split()[-1] == "workqueue"
+        return
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401  (needs libgomp)
+    except ImportError:
+        pytest.skip("numba's OpenMP layer cannot load here")
+    assert result.stdout.split()[-1] == "omp"
 
 
 @pytest.mark.parametrize("case", ["a_k49_over_image", "b_sesn"])

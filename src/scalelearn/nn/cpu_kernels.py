@@ -50,10 +50,20 @@ from torch import Tensor
 
 @functools.cache
 def _numba():
-    """numba, imported on first use with its own thread pool, which honours set_num_threads:
-    its OpenMP layer (the default where libgomp is found) kept two cores busy in a one-thread
-    training job, and two such jobs on two cores took twice as long."""
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # read when numba is imported
+    """numba, imported on first use with the threading layer that suits torch's thread count
+    then (numba reads it when imported; a user's NUMBA_THREADING_LAYER wins):
+    - one thread: `workqueue`, which honours set_num_threads: the OpenMP layer kept two cores
+      busy in a one-thread training job (its idle worker spins), and two such jobs on two cores
+      took twice as long;
+    - several: OpenMP where numba finds libgomp, else workqueue. Between torch's own parallel
+      ops, whose OpenMP workers spin after each, workqueue's sleeping workers took about twice
+      as long to run a kernel (`e2_toy`'s training step, 2 threads: 70-77 against 55-64 ms;
+      README "Throughput")."""
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        if torch.get_num_threads() > 1:
+            os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", "omp workqueue tbb")
+        else:
+            os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
     import numba
 
     return numba
