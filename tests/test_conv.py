@@ -182,6 +182,23 @@ def test_toy_model_evaluation_pools_first_with_the_same_logits(method, monkeypat
         model.conv(x, extremes=(4, 4))
 
 
+@pytest.mark.parametrize("implementation", ["dense", "fast"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_lifting_extremes_are_the_window_extremes_of_its_scale_max(implementation, bias):
+    """ScaleConvZ2H(x, extremes=(R, Q)): the max and min over R×Q windows of the output's scale
+    max, bias included, as scale_max_pool of the output gives them."""
+    torch.manual_seed(2)
+    basis = SharedBasis(InternalScales("fixed", 3, 1.0, 2.0), HermiteBasis("hermite_a", 5))
+    layer = ScaleConvZ2H(1, 4, basis, bias=bias, implementation=implementation)
+    if bias:
+        torch.nn.init.normal_(layer.bias)
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        expected = cpu_kernels.scale_max_pool(layer(x), 4, 3)
+        for got, wanted in zip(layer(x, extremes=(4, 3)), expected, strict=True):
+            torch.testing.assert_close(got, wanted, rtol=0, atol=0)
+
+
 def test_cpu_kernels_read_the_lifting_rows_in_place():
     """The lifting's output is a crop of wider rows (its inverse transform's L_W): the numba
     kernels read it in place, and only its W columns (the rest of each row holds other values)."""

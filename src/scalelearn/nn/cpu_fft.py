@@ -37,9 +37,10 @@ from scalelearn.nn.cpu_kernels import (
 )
 
 # The images of one pass of the transforms: as many as keep the pass's spectrum within this many
-# bytes, so that each transform reads what the one before it wrote from the cache rather than
-# from memory (README "Throughput": the toy model's lifting, forward, 1.9 instead of 2.7 ms per
-# image in passes of one image at K 49 on this project's 2-core CPU).
+# bytes (at least one image), so that each transform reads what the one before it wrote from the
+# cache rather than from memory. The forward lifting of 16 images of `e2_toy`'s evaluation (K 49,
+# 7 MB of spectrum per image) took 30-32 ms in passes of one image, 40-44 in passes of four and
+# 43 in one (README "Throughput"; 2 threads, this project's CPU, L2 2 MB per core).
 PASS_BYTES = 4 << 20
 
 
