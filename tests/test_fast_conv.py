@@ -96,11 +96,14 @@ def test_channel_mix_matches_the_matmul_of_the_gpu(out_channels):
     t = _complex(generator, 2, out_channels, 5, 9)  # [S, Cout, J, k]
     z = _complex(generator, 2, 2, 5, 16, 9)  # [S, B, J, H, k]
     grad = _complex(generator, 2, out_channels, 2, 16, 9)  # [S, Cout, B, H, k]
-    expected = _mix_and_grads(fast_conv._matmul_mix, t, z, grad)
+    expected = list(_mix_and_grads(fast_conv._matmul_mix, t, z, grad))
     einsum = torch.einsum("sojk,sbjhk->sobhk", t, z)
     torch.testing.assert_close(expected[0], einsum, rtol=1e-12, atol=1e-12)
-    for actual, wanted in zip(_mix_and_grads(channel_mix, t, z, grad), expected, strict=True):
-        torch.testing.assert_close(actual, wanted, rtol=1e-12, atol=1e-12)
+    # The CPU kernels write the layer's output layout, [B, Cout, S, H, k].
+    expected[0] = expected[0].permute(2, 1, 0, 3, 4)
+    actual = _mix_and_grads(channel_mix, t, z, grad.permute(2, 1, 0, 3, 4))
+    for got, wanted in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
 
 
 def test_channel_mix_gives_the_same_bits_for_every_thread_count():
@@ -108,7 +111,7 @@ def test_channel_mix_gives_the_same_bits_for_every_thread_count():
     generator = torch.Generator().manual_seed(4)
     t = _complex(generator, 3, 16, 5, 13, dtype=torch.float32)
     z = _complex(generator, 3, 4, 5, 20, 13, dtype=torch.float32)
-    grad = _complex(generator, 3, 16, 4, 20, 13, dtype=torch.float32)
+    grad = _complex(generator, 4, 16, 3, 20, 13, dtype=torch.float32)  # [B, Cout, S, H, k]
     threads = torch.get_num_threads()
     try:
         results = []

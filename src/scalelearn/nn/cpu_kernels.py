@@ -4,12 +4,15 @@ passes over the toy model's largest tensors. CUDA tensors never come here.
 **rows' channel mix** in the layout of the FFT along W. Per scale s and frequency k of the W
 axis, `rows` (scalelearn.nn.fast_conv) mixes the channels with a small matrix:
 
-    y[s, o, b, h, k] = Σ_j t[s, o, j, k] · z[s, b, j, h, k]      (j = input channel · profile)
+    y[b, o, s, h, k] = Σ_j t[s, o, j, k] · z[s, b, j, h, k]      (j = input channel · profile)
 
 A batched matmul needs the frequency axis first and the FFT needs it last: on top of the matmul,
 a training step made four transposing copies of the [S, Cout, B, H, k] spectrum (50 MB at
 batch 32 on the 84 canvas), each slower than the matmul. `channel_mix` reads and writes the
-FFT's layout directly, at about the matmul's speed (the sums over j are short).
+FFT's layout directly, at about the matmul's speed (the sums over j are short), and writes y in
+the layer's output layout [B, Cout, S, H, k], so that the inverse FFT's result is the output,
+which the heads' kernels read in place (before, the permuted output cost a copy each way: the
+quick preset's E1 step, `rows`, 84², batch 32, 1 thread, 117-120 -> 110-113 ms).
 
 **The scale max-projection** with its arg-max, [B, C, S, H, W] -> [B, C, H, W]: `max(dim=2)`
 reduces across a strided axis one element at a time and writes int64 indices (14.5 ms on the
@@ -77,22 +80,22 @@ def _kernels() -> dict:
 
     @jit
     def mix(t, z, y):
-        """y[s, o, b, h, k] = Σ_j t[s, o, j, k] · z[s, b, j, h, k]."""
+        """y[b, o, s, h, k] = Σ_j t[s, o, j, k] · z[s, b, j, h, k]."""
         scales, outs, ins, bins = t.shape
         batch, height = z.shape[1], z.shape[3]
         for n in numba.prange(scales * outs * batch):
             s, o, b = n // (outs * batch), (n // batch) % outs, n % batch
             for h in range(height):
                 for k in range(bins):
-                    y[s, o, b, h, k] = t[s, o, 0, k] * z[s, b, 0, h, k]
+                    y[b, o, s, h, k] = t[s, o, 0, k] * z[s, b, 0, h, k]
                 for j in range(1, ins):
                     for k in range(bins):
-                        y[s, o, b, h, k] += t[s, o, j, k] * z[s, b, j, h, k]
+                        y[b, o, s, h, k] += t[s, o, j, k] * z[s, b, j, h, k]
 
     @jit
     def mix_grad_t(g, z, out):
-        """out[s, o, j, k] = Σ_(b, h) g[s, o, b, h, k] · conj(z[s, b, j, h, k])."""
-        scales, outs, batch, height, bins = g.shape
+        """out[s, o, j, k] = Σ_(b, h) g[b, o, s, h, k] · conj(z[s, b, j, h, k])."""
+        batch, outs, scales, height, bins = g.shape
         ins = z.shape[2]
         for n in numba.prange(scales * outs):
             s, o = n // outs, n % outs
@@ -101,23 +104,23 @@ def _kernels() -> dict:
                 for h in range(height):
                     for j in range(ins):
                         for k in range(bins):
-                            out[s, o, j, k] += g[s, o, b, h, k] * z[s, b, j, h, k].conjugate()
+                            out[s, o, j, k] += g[b, o, s, h, k] * z[s, b, j, h, k].conjugate()
 
     @jit
     def mix_grad_z(t, g, out):
-        """out[s, b, j, h, k] = Σ_o conj(t[s, o, j, k]) · g[s, o, b, h, k]."""
+        """out[s, b, j, h, k] = Σ_o conj(t[s, o, j, k]) · g[b, o, s, h, k]."""
         scales, outs, ins, bins = t.shape
-        batch, height = g.shape[2], g.shape[3]
+        batch, height = g.shape[0], g.shape[3]
         for n in numba.prange(scales * batch):
             s, b = n // batch, n % batch
             for h in range(height):  # one row of every output channel at a time: g read once
                 for j in range(ins):
                     for k in range(bins):
-                        out[s, b, j, h, k] = t[s, 0, j, k].conjugate() * g[s, 0, b, h, k]
+                        out[s, b, j, h, k] = t[s, 0, j, k].conjugate() * g[b, 0, s, h, k]
                 for o in range(1, outs):
                     for j in range(ins):
                         for k in range(bins):
-                            out[s, b, j, h, k] += t[s, o, j, k].conjugate() * g[s, o, b, h, k]
+                            out[s, b, j, h, k] += t[s, o, j, k].conjugate() * g[b, o, s, h, k]
 
     @jit
     def scale_max(x, width, values, index):
@@ -385,7 +388,7 @@ class _ChannelMix(torch.autograd.Function):
         t, z = _dense(t), _dense(z)
         ctx.save_for_backward(t, z)
         scales, outs, _, bins = t.shape
-        y = t.new_empty(scales, outs, z.shape[1], z.shape[3], bins)
+        y = t.new_empty(z.shape[1], outs, scales, z.shape[3], bins)
         _run("mix", t, z, y)
         return y
 
@@ -404,8 +407,9 @@ class _ChannelMix(torch.autograd.Function):
 
 def channel_mix(t: Tensor, z: Tensor) -> Tensor:
     """t [S, Cout, J, k] (complex), z [S, B, J, H, k] (complex, the FFT along W of the row pass)
-    -> y [S, Cout, B, H, k], y[s, o, b, h] = Σ_j t[s, o, j] · z[s, b, j, h] per frequency.
-    CPU tensors; gradients reach t and z."""
+    -> y [B, Cout, S, H, k], y[b, o, s, h] = Σ_j t[s, o, j] · z[s, b, j, h] per frequency: the
+    layer's output layout, so that its inverse FFT along W is the output itself. CPU tensors;
+    gradients reach t and z."""
     return _ChannelMix.apply(t, z)
 
 

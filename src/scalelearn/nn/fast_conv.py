@@ -369,10 +369,9 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     z_hat = torch.fft.rfft(torch.stack(z), n=length)  # [S, B, Cin·P, H, k]
     mixed = _reused(_rows_kernel, weight, basis, half_w, length)  # [S, Cout, Cin·P, k]
     if x.device.type == "cpu":
-        y_hat = channel_mix(mixed, z_hat)
-    else:
-        y_hat = _matmul_mix(mixed, z_hat)
-    y = torch.fft.irfft(y_hat, n=length)  # [S, Cout, B, H, length]
+        # [B, Cout, S, H, k]: the output's own layout, which the head's kernels read in place.
+        return torch.fft.irfft(channel_mix(mixed, z_hat), n=length)[..., :width]
+    y = torch.fft.irfft(_matmul_mix(mixed, z_hat), n=length)  # [S, Cout, B, H, length]
     return y[..., :width].permute(2, 1, 0, 3, 4)
 
 
