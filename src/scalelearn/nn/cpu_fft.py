@@ -143,16 +143,16 @@ class _LiftingPooledReluMoments(torch.autograd.Function):
             relu_max_pool_moments_into(y, increasing, [t[images] for t in outputs])
         pooled, mean, variance, saved = relu_max_pool_moments_result(outputs, x.dtype)
         ctx.save_for_backward(x_hat, kernel, mean, *saved)
-        ctx.lengths, ctx.size, ctx.scales = lengths, (height, width), kernel.shape[1]
+        ctx.lengths, ctx.size = lengths, (height, width)
         return pooled, mean, variance
 
     @staticmethod
     def backward(ctx, grad_pooled, grad_mean, grad_variance):
         x_hat, kernel, mean, *saved = ctx.saved_tensors
-        batch, channels = saved[1].shape[:2]
+        batch = len(x_hat)
         count = batch * ctx.size[0] * ctx.size[1]
         step = _passes(batch, kernel)[0].stop
-        padded = mean.new_empty(step, channels, ctx.scales, *ctx.lengths)  # one pass's
+        padded = mean.new_empty(step, *kernel.shape[:2], *ctx.lengths)  # one pass's
 
         def g_hat_of(images):
             part = padded[: images.stop - images.start]

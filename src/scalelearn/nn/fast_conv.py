@@ -630,10 +630,10 @@ def _apply(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = No
         return _METHODS[method](x.to(dtype), weight.to(dtype), basis)
 
 
-def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis):
-    """(x, K̂, lengths) for `cpu_fft` in the spectral dtype where the cost model picks `fft` for
-    a lifting on the CPU, else None."""
-    if _choose(x, weight, basis) != "fft" or not _cpu_lifting(x, weight):
+def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
+    """(x, K̂, lengths) for `cpu_fft` in the spectral dtype where `method` (the cost model's
+    pick) is `fft` for a lifting on the CPU, else None."""
+    if method != "fft" or not _cpu_lifting(x, weight):
         return None
     dtype = _spectral_dtype(x, weight)
     lengths, halves = _fft_plan(basis, *x.shape[-2:])
@@ -647,11 +647,12 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
     lifting), the toy model's training head up to batch norm. Where `fft` lifts on the CPU, the
     two are one autograd function (`cpu_fft.lifting_pooled_relu_moments`), whose backward writes
     the gradient straight into the transform's zero-padded input."""
+    method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
-        plan = _cpu_fft_lifting(x, weight, basis)
+        plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_pooled_relu_moments(*plan, increasing, rows, cols)
-    return pooled_relu_moments(_apply(x, weight, basis), increasing, rows, cols)
+    return pooled_relu_moments(_apply(x, weight, basis, method), increasing, rows, cols)
 
 
 def z2h_fast_extremes(x: Tensor, weight: Tensor, basis: ScaleBasis, rows: int, cols: int):
@@ -659,11 +660,12 @@ def z2h_fast_extremes(x: Tensor, weight: Tensor, basis: ScaleBasis, rows: int, c
     (maxima, minima) [B, Cout, rows, cols] over every window of the max over the scales of the
     lifting, the toy model's evaluation head up to ReLU. Where `fft` lifts on the CPU, the two
     run pass by pass (`cpu_fft.lifting_scale_max_pool`)."""
+    method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
-        plan = _cpu_fft_lifting(x, weight, basis)
+        plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_scale_max_pool(*plan, rows, cols)
-    return scale_max_pool(_apply(x, weight, basis), rows, cols)
+    return scale_max_pool(_apply(x, weight, basis, method), rows, cols)
 
 
 def z2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
