@@ -229,6 +229,28 @@ def test_cpu_kernels_read_the_lifting_rows_in_place():
     torch.testing.assert_close(cpu_kernels._padded_rows(short), short.contiguous())
 
 
+def test_pooled_relu_moments_of_a_padded_buffer_equal_its_crop():
+    """pooled_relu_moments(buffer, ..., width=W) (rows' inverse transform handed over whole)
+    gives the outputs and the gradient of pooled_relu_moments(buffer[..., :W]): zero beyond W,
+    and the batch statistics counted over W columns only."""
+    generator = torch.Generator().manual_seed(4)
+    buffer = torch.randn(2, 3, 4, 8, 13, generator=generator, dtype=torch.float64)
+    increasing = torch.tensor([True, False, True])
+    weights = [torch.randn(2, 3, 2, 4, dtype=torch.float64), torch.randn(3), torch.randn(3)]
+    grads, outputs = [], []
+    for width in (8, None):
+        leaf = buffer.clone().requires_grad_()
+        x = leaf if width else leaf[..., :8]
+        out = cpu_kernels.pooled_relu_moments(x, increasing, 2, 4, width=width)
+        sum(w.to(o.dtype).mul(o).sum() for w, o in zip(weights, out, strict=True)).backward()
+        outputs.append(out)
+        grads.append(leaf.grad)
+    for got, expected in zip(*outputs, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    assert grads[0][..., :8].abs().sum() > 0 and not grads[0][..., 8:].any()
+
+
 def _library_head(y, weight, bias, rows, cols):
     """pool(bn(relu(max over scales))) in training mode, as the toy model's modules compute it;
     -> (output, running mean, running variance)."""

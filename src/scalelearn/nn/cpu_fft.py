@@ -40,8 +40,12 @@ from scalelearn.nn.cpu_kernels import (
 # bytes (at least one image), so that each transform reads what the one before it wrote from the
 # cache rather than from memory. The forward lifting of 16 images of `e2_toy`'s evaluation (K 49,
 # 7 MB of spectrum per image) took 30-32 ms in passes of one image, 40-44 in passes of four and
-# 43 in one (README "Throughput"; 2 threads, this project's CPU, L2 2 MB per core).
-PASS_BYTES = 4 << 20
+# 43 in one (README "Throughput"; 2 threads, this project's CPU, L2 2 MB per core). But every pass
+# also sweeps the kernel-sized K̂ and its gradient's sum, and where an image's spectrum is small
+# one image per pass is too few: the toy training step at 84², batch 32 (K 35-49, 2.3 MB per
+# image) took 134 -> 117 ms (1 thread) and 74 -> 55 ms (2 threads) with 8 MiB instead of 4 per
+# pass; 16 MiB was slower again (124 ms).
+PASS_BYTES = 8 << 20
 
 
 def images_per_pass(batch: int, spectrum_bytes: int) -> int:

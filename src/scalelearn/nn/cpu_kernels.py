@@ -517,27 +517,34 @@ def relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_varianc
 
 class _ReluMaxPoolMoments(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, increasing: Tensor, rows: int, cols: int):
-        pooled, mean, variance, saved = relu_max_pool_moments(x, increasing, rows, cols)
+    def forward(ctx, x: Tensor, increasing: Tensor, rows: int, cols: int, width: int):
+        pooled, mean, variance, saved = relu_max_pool_moments(
+            x[..., :width], increasing, rows, cols
+        )
         ctx.save_for_backward(mean, *saved)
         ctx.input_shape = x.shape
+        ctx.count = x.shape[0] * x.shape[3] * width  # B·H·W
         return pooled, mean, variance
 
     @staticmethod
     def backward(ctx, grad_pooled, grad_mean, grad_variance):
         mean, *saved = ctx.saved_tensors
         out = mean.new_empty(ctx.input_shape)
-        batch, _, _, height, width = ctx.input_shape
-        count = batch * height * width
-        relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, count, out)
-        return out, None, None, None
+        relu_max_pool_moments_grad(
+            saved, mean, grad_pooled, grad_mean, grad_variance, ctx.count, out
+        )
+        return out, None, None, None, None
 
 
-def pooled_relu_moments(x: Tensor, increasing: Tensor, rows: int, cols: int):
+def pooled_relu_moments(x: Tensor, increasing: Tensor, rows: int, cols: int, width=None):
     """`relu_max_pool_moments` with its gradient: x [B, C, S, H, W] -> (pooled [B, C, rows,
     cols], mean [C], variance [C]) of r = relu(x.max(dim=2)) (the toy model's training head up to
-    batch norm, scalelearn.nn.models.ToyModel)."""
-    return _ReluMaxPoolMoments.apply(x, increasing, rows, cols)
+    batch norm, scalelearn.nn.models.ToyModel). With `width`, x is [B, C, S, H, L ≥ width] and
+    the head reads x[..., :width], and x's gradient is zero beyond: a zero-padded buffer (`rows`'
+    inverse transform) passed whole has no crop, whose backward zero-fills and copies the
+    gradient once more."""
+    width = x.shape[-1] if width is None else width
+    return _ReluMaxPoolMoments.apply(x, increasing, rows, cols, width)
 
 
 class _BiasReluPool(torch.autograd.Function):

@@ -350,8 +350,9 @@ def _placed_weight(weight: Tensor, basis: ScaleBasis) -> Tensor:
     return placed
 
 
-def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
-    """Rows directly, columns by a 1-D FFT -> [B, Cout, S, H, W] (a view of a padded buffer).
+def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis, crop: bool = True) -> Tensor:
+    """Rows directly, columns by a 1-D FFT -> [B, Cout, S, H, W] (a view of a padded buffer;
+    on the CPU with crop False, that buffer [B, Cout, S, H, L ≥ W] itself).
 
     z = every input channel convolved along H with every profile p: [S, B, Cin·P, H, W]; then
     y[o] = Σ_(i,p) T[o, i, p] ⋆_W z[i, p] with T[o, i, p] = Σ_(f: row(f) = p) W[o, i, f]·col(f),
@@ -370,7 +371,8 @@ def _rows(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     mixed = _reused(_rows_kernel, weight, basis, half_w, length)  # [S, Cout, Cin·P, k]
     if x.device.type == "cpu":
         # [B, Cout, S, H, k]: the output's own layout, which the head's kernels read in place.
-        return torch.fft.irfft(channel_mix(mixed, z_hat), n=length)[..., :width]
+        y = torch.fft.irfft(channel_mix(mixed, z_hat), n=length)
+        return y[..., :width] if crop else y
     y = torch.fft.irfft(_matmul_mix(mixed, z_hat), n=length)  # [S, Cout, B, H, length]
     return y[..., :width].permute(2, 1, 0, 3, 4)
 
@@ -447,8 +449,11 @@ def _separable(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
 #   SESN lifting, B 32, 1→32, 56², hermite_b, K 25              96 /   78 /  112
 #   SESN H→H, B 32, 32→63, 28²                                 2058 /  178 / 1433
 #   SESN H→H, B 32, 63→95, 14²                                 1564 /  201 /  768
-# Units are ns per multiply-accumulate (MAC) or per FFT "point·log2(length)".
-_NS_PER_CONV_MAC = 0.035
+# Units are ns per multiply-accumulate (MAC) or per FFT "point·log2(length)". `direct`'s constant
+# was 0.035 until 2026-11-27, when it moved to its measured share (toy training step, 84², batch
+# 32, K 13: 40 ms with 2 threads against 46.9 estimated); its forward share rose with it, so its
+# evaluation estimates stayed the same.
+_NS_PER_CONV_MAC = 0.030
 _NS_PER_FFT2_POINT = 0.34
 # `rows` was fitted with the matmul channel mix and its layout copies. Its CPU mix without them
 # (`channel_mix`, 2026-11-26 evening) took 30 % off its training time with one thread (toy
@@ -464,11 +469,15 @@ _NS_PER_FFT2_POINT = 0.34
 # estimate is scaled by this share there, which ranks all of these as measured (0.81-0.83 would).
 # In evaluation (forward only) the same share ranks the lifting as measured (B 8, 2 threads, fft /
 # rows ms: K 49 168² 24.4 / 27.4, K 193 53.4 / 44.8, K 123 39.2 / 35.4, K 97 84² 12.8 / 12.5; K 25
-# 84² separable 4.5 / fft 4.4, kept). In training with fixed scales the old estimates still rank
-# the methods as measured (84², B 32, 2 threads: K 13 direct 27 / fft 54 ms, K 19 separable 45 /
-# fft 50; 1 thread: K 25-49 fft and rows tie at 89.5 / 90.2 and 112.7 / 112.9; 168² B 8 K 123:
-# rows 69 / fft 80), which the share would not.
-_CPU_LIFTING_FFT_SHARE = 0.82
+# 84² separable 4.5 / fft 4.4, kept). Training with fixed scales took the share too on
+# 2026-11-27, when the toy model's fused head (training step with `lifting_pooled_relu_moments`)
+# had made `fft` the fastest from K 19 (toy training steps, 84², batch 32, ms, 2 threads / 1
+# thread; direct, separable, rows, fft): K 13 40 / 83, 51 / 98, 62 / 116, 53 / 103; K 19 95 / 167,
+# 61 / 114, 57 / 115, 38 / 83; K 25 -, 71 / 134, 55 / 110, 45 / 80; K 35 -, 78 / 158, 69 / 131,
+# 54 / 117; K 49 -, -, 70 / 133, 58 / 103; 168², batch 8, 2 threads, rows / fft: K 49 54 / 45,
+# K 97 64 / 55, K 123 72 / 70. The share ranks all of these as measured (K 123 a tie), and the
+# learned-scale and evaluation choices above stay.
+_CPU_LIFTING_FFT_SHARE = 0.78
 _NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the channel mix's layout around them
 _NS_PER_COMPLEX_MAC = 0.25
 _NS_PER_KERNEL_MAC = 0.085
@@ -479,7 +488,7 @@ _NS_PER_KERNEL_MAC = 0.085
 # (B 128) 0.59 / 0.82 / 1.05, SESN H→H 28² 14.1 / 1.11 / 14.3; these factors scale the costs above.
 # `separable` forward: 0.014 ns per column-pass MAC (toy lifting, K 13-35, 84² B 64: 0.32-0.39 ms
 # per image, 168² B 16: 1.6-1.8 ms, 2 threads).
-_FORWARD_SHARE = {"direct": 0.115, "fft": 0.33, "rows": 0.35, "separable": 0.175}
+_FORWARD_SHARE = {"direct": 0.134, "fft": 0.33, "rows": 0.35, "separable": 0.175}
 # oneDNN's CPU conv2d falls off a cliff for large kernels (1→48 channels on 168², forward per
 # image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
 # is only considered up to this kernel side.
@@ -524,7 +533,7 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * scales * bins
         + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * scales * bins
     )
-    if _cpu_lifting(x, weight) and (learned or not backward):
+    if _cpu_lifting(x, weight):
         costs["fft"] *= _CPU_LIFTING_FFT_SHARE
     mix = scales * (length_w // 2 + 1) * out_channels * in_channels * profiles * batch * height
 
@@ -652,6 +661,12 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
         plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_pooled_relu_moments(*plan, increasing, rows, cols)
+        if method == "rows":
+            # The head takes the inverse transform's padded rows whole, and its backward writes
+            # the zero-padded gradient: no crop, whose backward would fill and copy it again.
+            dtype = _spectral_dtype(x, weight)
+            padded = _rows(x.to(dtype), weight.to(dtype), basis, crop=False)
+            return pooled_relu_moments(padded, increasing, rows, cols, width=x.shape[-1])
     return pooled_relu_moments(_apply(x, weight, basis, method), increasing, rows, cols)
 
 
