@@ -466,7 +466,7 @@ _NS_PER_FFT2_POINT = 0.34
 # toy K 49 168² B 8 83 -> 57 ms, SESN lifting 56² B 32 109 -> 74 ms). With learned scales it is
 # now ahead of `rows` where measured (toy K 193 168² B 8: 117 / 142 ms; K 97 84² B 8: 32 / 41;
 # K 25 84² B 32, 1 thread: 91 / 128), but not of `direct` at K 13 (84² B 32: 55 / 28 ms): its
-# estimate is scaled by this share there, which ranks all of these as measured (0.81-0.83 would).
+# estimate is scaled by this share there, which ranks all of these as measured.
 # In evaluation (forward only) the same share ranks the lifting as measured (B 8, 2 threads, fft /
 # rows ms: K 49 168² 24.4 / 27.4, K 193 53.4 / 44.8, K 123 39.2 / 35.4, K 97 84² 12.8 / 12.5; K 25
 # 84² separable 4.5 / fft 4.4, kept). Training with fixed scales took the share too on
