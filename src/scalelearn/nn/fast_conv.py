@@ -629,14 +629,17 @@ def _spectral_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
 
 
-def _apply(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = None) -> Tensor:
-    """One call by `method` (default: `_choose`'s; `scalelearn bench --methods` times each)."""
+def _apply(
+    x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | None = None, **options
+) -> Tensor:
+    """One call by `method` (default: `_choose`'s; `scalelearn bench --methods` times each), with
+    that method's `options` (`_rows`' crop)."""
     method = method or _choose(x, weight, basis)
     if method == "direct":
-        return _direct(x, weight, basis)
+        return _direct(x, weight, basis, **options)
     dtype = _spectral_dtype(x, weight)
     with torch.autocast(x.device.type, enabled=False):
-        return _METHODS[method](x.to(dtype), weight.to(dtype), basis)
+        return _METHODS[method](x.to(dtype), weight.to(dtype), basis, **options)
 
 
 def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
@@ -661,12 +664,11 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
         plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_pooled_relu_moments(*plan, increasing, rows, cols)
-        if method == "rows":
-            # The head takes the inverse transform's padded rows whole, and its backward writes
-            # the zero-padded gradient: no crop, whose backward would fill and copy it again.
-            dtype = _spectral_dtype(x, weight)
-            padded = _rows(x.to(dtype), weight.to(dtype), basis, crop=False)
-            return pooled_relu_moments(padded, increasing, rows, cols, width=x.shape[-1])
+    if method == "rows":
+        # The head takes the inverse transform's padded rows whole, and its backward writes the
+        # zero-padded gradient: no crop, whose backward would fill and copy it again.
+        padded = _apply(x, weight, basis, method, crop=False)
+        return pooled_relu_moments(padded, increasing, rows, cols, width=x.shape[-1])
     return pooled_relu_moments(_apply(x, weight, basis, method), increasing, rows, cols)
 
 
