@@ -253,16 +253,32 @@ def test_kernel_spectra_split_by_parity_match_dense(symmetric):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_fft_lengths():
+    """The smallest 5-smooth length at least the padded size; for the CPU lifting also a multiple
+    of 4 and not of 25 (MKL's fast lengths here), never more than needed."""
+    assert [fast_conv._fft_size(n) for n in (26, 40, 193, 264, 132)] == [27, 40, 200, 270, 135]
+    lifting = {n: fast_conv._fft_size(n, transforms_dominate=True) for n in range(20, 400)}
+    sizes = (26, 68, 90, 97, 132, 193, 229, 264)
+    assert [lifting[n] for n in sizes] == [32, 72, 96, 108, 144, 216, 240, 288]
+    for size, length in lifting.items():
+        rest = length
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        assert rest == 1 and length % 4 == 0 and length % 25 != 0 and length >= size
+        assert all(lifting[n] == length for n in range(size, length + 1) if n in lifting)
+
+
 def test_choice_follows_the_measured_winners():
     """The cheapest method of the timings recorded next to the cost model in fast_conv."""
     toy = [2.0, 3.4641, 6.0]  # E2, K 49
     sesn = [1.5, 1.89, 2.38, 3.0]
     quick = {13: [1.0, 1.2247, 1.5], 19: [1.0, 1.4565, 2.1213], 25: [1.0, 1.732, 3.0]}
-    # Fixed scales (E1) on 168², batch 8: fft up to K 97 (toy training step, 2 threads, rows /
-    # fft: K 49 54 / 45 ms, K 97 64 / 55), a tie at K 123 (72 / 70), estimated for rows.
+    # Fixed scales (E1) on 168², batch 8: fft (toy training step, 2 threads, rows / fft: K 49
+    # 54 / 45 ms, K 97 64 / 55; K 123 117.3 / 131.7 img/s, `bench`'s step).
     assert fast_conv._choose(*_layer(8, 1, 16, 168, toy)) == "fft"
     assert fast_conv._choose(*_layer(8, 1, 16, 168, [2.0, 4.899, 12.0])) == "fft"  # K 97
-    assert fast_conv._choose(*_layer(8, 1, 16, 168, [2.0, 5.5, 15.12])) == "rows"  # K 123
+    assert fast_conv._choose(*_layer(8, 1, 16, 168, [2.0, 5.5, 15.12])) == "fft"  # K 123
     assert fast_conv._choose(*_layer(32, 1, 32, 56, sesn, "hermite_b", 7)) == "fft"
     assert fast_conv._choose(*_layer(8, 1, 16, 84, quick[25])) != "direct"
     assert fast_conv._choose(*_layer(32, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
@@ -277,23 +293,23 @@ def test_choice_follows_the_measured_winners():
     for scales, size, batch in ((quick[25], 84, 32), (quick[19], 84, 32), (toy, 168, 8)):
         assert fast_conv._choose(*_layer(batch, 1, 16, size, scales, learned=True)) == "fft"
     assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[13], learned=True)) == "direct"
-    # E3's worst case (ISR 6), where rows was chosen before the CPU lifting (cpu_fft) was
-    # measured 1.2-1.3x faster than it: σ_b 4 on 168 (K 193), σ_b 2 on 84 (K 97), batch 8.
+    # E3's worst case (ISR 6): σ_b 4 on 168 (K 193), σ_b 2 on 84 (K 97), batch 8; `bench`'s
+    # training step, fft / rows: 83.1 / 58.0 and 361.1 / 266.8 img/s.
     for sigma, size in ((4.0, 168), (2.0, 84)):
         worst = [sigma, sigma * 6**0.5, sigma * 6]
         assert fast_conv._choose(*_layer(8, 1, 16, size, worst, learned=True)) == "fft"
-    # Evaluation (no autograd) weighs the forward pass alone, where oneDNN's convolution is fast.
+    # Evaluation (no autograd) weighs the forward pass alone, where oneDNN's convolution is fast,
+    # and the CPU lifting's fft is its fused head (whole evaluation calls, img/s, fast_conv).
     with torch.inference_mode():
-        assert fast_conv._choose(*_layer(128, 1, 32, 56, sesn, "hermite_b", 7)) == "direct"
         assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[13])) == "direct"
-        assert fast_conv._choose(*_layer(32, 1, 16, 84, quick[25])) == "separable"
-        assert fast_conv._choose(*_layer(16, 1, 16, 168, [2.0, 2.4495, 3.0])) == "separable"
-        # K 49: the CPU lifting's fft ahead of rows (84², B 32, 1 thread: 51.8 / 54.0 ms; 168²,
-        # B 8, 2 threads: 24.4 / 27.4), but not at K 123 and 193 (39.2 / 35.4, 53.4 / 44.8).
+        assert fast_conv._choose(*_layer(32, 1, 16, 84, [1.0, 2.06, 4.24])) == "separable"  # K 35
+        # K 49 and above: fft ahead of rows (168², K 123 264.4 / 223.6, K 193 212.2 / 175.9;
+        # 84², K 97 1099.1 / 740.3), and of separable on 168² at K 25 (404.3 / 373.0).
         assert fast_conv._choose(*_layer(32, 1, 16, 84, [2.0, 3.4641, 6.0])) == "fft"
-        assert fast_conv._choose(*_layer(8, 1, 16, 168, toy)) == "fft"
-        assert fast_conv._choose(*_layer(8, 1, 16, 168, [2.0, 5.5, 15.12])) == "rows"
-        assert fast_conv._choose(*_layer(8, 1, 16, 168, [4.0, 9.798, 24.0])) == "rows"
+        assert fast_conv._choose(*_layer(16, 1, 16, 168, [2.0, 2.4495, 3.0])) == "fft"
+        for scales in (toy, [2.0, 5.5, 15.12], [4.0, 9.798, 24.0]):
+            assert fast_conv._choose(*_layer(22, 1, 16, 168, scales)) == "fft"
+        assert fast_conv._choose(*_layer(90, 1, 16, 84, [2.0, 4.899, 12.0])) == "fft"
         assert fast_conv._choose(*_layer(128, 32, 63, 28, sesn, "hermite_b", 7, False)) == "fft"
     # oneDNN is pathological for huge kernels: direct and separable are not considered for them,
     # unless the image crops the kernel small.
@@ -582,12 +598,13 @@ def test_bench_batches_methods_and_profile(capsys):
 def test_bench_methods_reports_the_choice_of_training_with_learned_scales(capsys):
     """`bench --methods` marks the method training takes: with learned scales (e3_toy_worst_84,
     K 97) their gradient through the row pass counts, and `fft` is chosen where a basis without a
-    gradient would make the cost model pick `rows`; evaluation takes `rows` at this K."""
+    gradient would make the cost model pick `rows`; evaluation (forward only, the fused head)
+    takes `fft`."""
     config = bench.CONFIGS["e3_toy_worst_84"]
     main(["bench", "--config", "e3_toy_worst_84", "--methods", "--batch", "8", "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert [row["method"] for row in rows if row["chosen_train"]] == ["fft"]
-    assert [row["method"] for row in rows if row["chosen_eval"]] == ["rows"]
+    assert [row["method"] for row in rows if row["chosen_eval"]] == ["fft"]
     model = build_model({**config["model"], "implementation": "fast"})
     with torch.no_grad():
         basis = model.conv.basis()

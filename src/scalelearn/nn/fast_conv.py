@@ -76,15 +76,27 @@ def _conv2d(x: Tensor, kernel: Tensor, padding: tuple[int, int], groups: int = 1
     return F.conv2d(x, kernel, groups=groups)
 
 
-def _fft_size(minimum: int) -> int:
-    """Smallest n ≥ minimum whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
+def _fft_size(minimum: int, transforms_dominate: bool = False) -> int:
+    """Smallest n ≥ minimum whose prime factors are 2, 3 and 5 (fast FFT lengths).
+
+    transforms_dominate (the CPU lifting of one channel, `cpu_fft`, where a call is its
+    transforms): also a multiple of 4 and not of 25. MKL's transforms of the other lengths cost
+    more per element here; lifting forward / gradient transform per image of the toy model, ms,
+    2 threads: 270 3.38 / 2.12 against 288 3.37 / 1.51, 200 1.67 / 1.10 against 216 1.62 / 0.85,
+    135 1.02 / 0.96 against 144 0.62 / 0.37 (README "Throughput"). Where a spectral product over
+    channels dominates (SESN's H→H layers), the larger spectrum costs more than it saves (27
+    -> 32: `e5_sesn` 64.7 -> 61.6 img/s).
+    """
     n = minimum
     while True:
-        rest = n
-        for p in (2, 3, 5):
-            while rest % p == 0:
-                rest //= p
-        if rest == 1:
+        rest, twos, fives = n, 0, 0
+        while rest % 2 == 0:
+            rest, twos = rest // 2, twos + 1
+        while rest % 3 == 0:
+            rest //= 3
+        while rest % 5 == 0:
+            rest, fives = rest // 5, fives + 1
+        if rest == 1 and (not transforms_dominate or (twos >= 2 and fives <= 1)):
             return n
         n += 1
 
@@ -197,11 +209,13 @@ def _direct(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
 # ------------------------------------------------------------------------------------------- fft
 
 
-def _fft_plan(basis: ScaleBasis, height: int, width: int):
+def _fft_plan(basis: ScaleBasis, height: int, width: int, cpu_lifting: bool = False):
     """-> (lengths (L_H, L_W), halves (h, w)): the largest kernel's half sizes, cropped to the
-    image; L ≥ size + half keeps the wrap-around of the circular convolution off the outputs."""
+    image; L ≥ size + half keeps the wrap-around of the circular convolution off the outputs.
+    cpu_lifting: the lengths of `cpu_fft.lifting` (`_fft_size`'s transforms_dominate)."""
     halves = (min(basis.kernel_size // 2, height - 1), min(basis.kernel_size // 2, width - 1))
-    return (_fft_size(height + halves[0]), _fft_size(width + halves[1])), halves
+    sizes = (height + halves[0], width + halves[1])
+    return tuple(_fft_size(size, cpu_lifting) for size in sizes), halves
 
 
 def _function_spectra(weight: Tensor, basis: ScaleBasis, lengths, halves):
@@ -287,7 +301,7 @@ def _cpu_lifting(x: Tensor, weight: Tensor) -> bool:
 def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """2-D FFT convolution -> [B, Cout, S, H, W]."""
     height, width = x.shape[-2:]
-    lengths, halves = _fft_plan(basis, height, width)
+    lengths, halves = _fft_plan(basis, height, width, _cpu_lifting(x, weight))
     if _cpu_lifting(x, weight):
         return lifting(x, _reused(_lifting_spectrum, weight, basis, lengths, halves), lengths)
     spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
@@ -477,7 +491,19 @@ _NS_PER_FFT2_POINT = 0.34
 # 54 / 117; K 49 -, -, 70 / 133, 58 / 103; 168², batch 8, 2 threads, rows / fft: K 49 54 / 45,
 # K 97 64 / 55, K 123 72 / 70. The share ranks all of these as measured (K 123 a tie), and the
 # learned-scale and evaluation choices above stay.
-_CPU_LIFTING_FFT_SHARE = 0.78
+# With the lifting's own FFT lengths (`_fft_size`, 2026-11-27; 0.78 and `_FORWARD_SHARE` before)
+# whole training steps and evaluation calls of 256 images (`scalelearn bench`'s, each method
+# forced, 2 threads, img/s, training / evaluation; fft, rows): E3's worst case (168², B 8,
+# K 193, L 288) 83.1 / 212.2, 58.0 / 175.9; at 84² (K 97, L 144) 361.1 / 1099.1, 266.8 / 740.3;
+# E2 (K 51, L 216) 161.3 / 350.4, 94.8 / 246.0; E1's K 123 (168², L 240) 131.7 / 264.4, 117.3 /
+# 223.6. Evaluation by `fft` on the CPU runs the fused head (`cpu_fft.lifting_scale_max_pool`),
+# hence its own forward share. Against the other methods (evaluation, B 32 at 84², 8 at 168²;
+# direct / separable / fft): 84² K 13 2140 / 1822 / 2225 (1 thread 1104-1144 / - / 884-939),
+# K 19 1685 / 1694 / 1782, K 25 1390 / 1633 / 1570, K 35 983 / 1589 / 1221; 168² K 25 263 / 373
+# / 404; SESN's lifting (the whole network's evaluation, direct / fft) 178-179 / 181-190; and
+# training at 84², K 13, 1 thread, direct 365-392 / fft 395-408. The ties go either way.
+_CPU_LIFTING_FFT_SHARE = 0.68
+_CPU_LIFTING_FORWARD_SHARE = 0.27
 _NS_PER_FFT1_POINT = 0.5  # 1-D transforms along W, plus the channel mix's layout around them
 _NS_PER_COMPLEX_MAC = 0.25
 _NS_PER_KERNEL_MAC = 0.085
@@ -525,7 +551,8 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         macs = batch * height * width * in_channels * out_channels * sum(a * b for a, b in sides)
         costs["direct"] = _NS_PER_CONV_MAC * macs
 
-    (length_h, length_w), _ = _fft_plan(basis, height, width)
+    lifting = _cpu_lifting(x, weight)
+    (length_h, length_w), _ = _fft_plan(basis, height, width, lifting)
     area, bins = length_h * length_w, length_h * (length_w // 2 + 1)
     maps = batch * (in_channels * inputs + out_channels * scales)
     costs["fft"] = (
@@ -533,8 +560,9 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * scales * bins
         + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * scales * bins
     )
-    if _cpu_lifting(x, weight):
+    if lifting:
         costs["fft"] *= _CPU_LIFTING_FFT_SHARE
+    length_w = _fft_plan(basis, height, width)[0][1]  # `rows`' transforms along W
     mix = scales * (length_w // 2 + 1) * out_channels * in_channels * profiles * batch * height
 
     def rows_pass(lines: int) -> float:
@@ -549,7 +577,10 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
     if max(side for _, side in sides) <= _SEPARABLE_MAX_SIDE:
         costs["separable"] = _NS_PER_SEPARABLE_MAC * column_macs
     if not backward:
-        return {method: cost * _FORWARD_SHARE[method] for method, cost in costs.items()}
+        shares = dict(_FORWARD_SHARE)
+        if lifting:
+            shares["fft"] = _CPU_LIFTING_FORWARD_SHARE
+        return {method: cost * shares[method] for method, cost in costs.items()}
     if x.requires_grad or learned:
         # The gradient of the row pass's output: its spectrum, a second channel mix, and a
         # second FFT of Cin·P maps per scale (rows); the transposed column convolution (separable).
@@ -578,8 +609,9 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
         return 2 * outputs * real  # the per-scale outputs and their stack
     if method == "separable":  # one scale's row pass, the per-scale outputs and their stack
         return (batch * in_channels * profiles * height * width + 2 * outputs) * real
-    (length_h, length_w), _ = _fft_plan(basis, height, width)
-    if method == "fft" and _cpu_lifting(x, weight):
+    lifting = method == "fft" and _cpu_lifting(x, weight)
+    (length_h, length_w), _ = _fft_plan(basis, height, width, lifting)
+    if lifting:
         # x̂, the output, and one pass's ŷ, its inverse along H, that inverse's copy for the one
         # along W, and the pass's output (copied into the whole one where there are passes).
         spectrum = out_channels * scales * length_h * (length_w // 2 + 1) * complex_
@@ -648,7 +680,7 @@ def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
     if method != "fft" or not _cpu_lifting(x, weight):
         return None
     dtype = _spectral_dtype(x, weight)
-    lengths, halves = _fft_plan(basis, *x.shape[-2:])
+    lengths, halves = _fft_plan(basis, *x.shape[-2:], cpu_lifting=True)
     kernel = _reused(_lifting_spectrum, weight.to(dtype), basis, lengths, halves)
     return x.to(dtype), kernel, lengths
 
