@@ -17,7 +17,7 @@ from scalelearn.cli import main
 from scalelearn.errors import ScalelearnError
 from scalelearn.nn import cpu_fft, fast_conv
 from scalelearn.nn.conv import h2h_dense, z2h_dense
-from scalelearn.nn.cpu_kernels import add_lifting_kernel_grad, channel_mix
+from scalelearn.nn.cpu_kernels import add_lifting_kernel_grad, channel_mix, transposed
 from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model
 
@@ -122,6 +122,30 @@ def test_channel_mix_gives_the_same_bits_for_every_thread_count():
         torch.set_num_threads(threads)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_is_the_transpose_and_its_gradient_too(dtype):
+    """`cpu_kernels.transposed` (tiles of 16) on sides that are not multiples of 16, a
+    conjugated view and a strided one; `_fft`'s H→H path uses it both ways (and its gradient
+    must reach x: the float64 parity tests), and `_BatchedMatmul` for the incoming gradient."""
+    generator = torch.Generator().manual_seed(5)
+    x = _complex(generator, 37, 50, dtype=dtype)
+    for view in (x, x.conj(), x[:, ::3], x.real.contiguous()):
+        got = transposed(view)
+        assert got.is_contiguous() and torch.equal(got, view.t().resolve_conj())
+    leaf = x.clone().requires_grad_(True)
+    grad = _complex(generator, 50, 37, dtype=dtype)
+    (got,) = torch.autograd.grad(fast_conv._Transposed.apply(leaf), leaf, grad)
+    assert torch.equal(got, grad.t())
+    # [F, B, Cout] seen as a view of [B, Cout, F], as the inverse FFT's gradient arrives.
+    a = _complex(generator, 12, 3, 4, dtype=dtype).requires_grad_(True)
+    b = _complex(generator, 12, 4, 5, dtype=dtype).requires_grad_(True)
+    incoming = _complex(generator, 3, 5, 12, dtype=dtype).permute(2, 0, 1)
+    got = torch.autograd.grad(fast_conv._bmm(a, b), (a, b), incoming)
+    expected = torch.autograd.grad(torch.bmm(a, b), (a, b), incoming.contiguous())
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
 def _kernel_grad(g_hat, x_hat, passes=((0, None),)):

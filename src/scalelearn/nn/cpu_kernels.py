@@ -341,7 +341,19 @@ def _kernels() -> dict:
                     sums[j] += v
             grad_bias[b, c, s] = sums.sum()
 
+    @jit
+    def transpose(src, dst):
+        """dst[c, r] = src[r, c], in tiles of 16 × 16 (whole cache lines read and written)."""
+        rows, cols = src.shape
+        row_tiles, col_tiles = (rows + 15) // 16, (cols + 15) // 16
+        for n in numba.prange(row_tiles * col_tiles):
+            first_row, first_col = (n // col_tiles) * 16, (n % col_tiles) * 16
+            for r in range(first_row, min(rows, first_row + 16)):
+                for c in range(first_col, min(cols, first_col + 16)):
+                    dst[c, r] = src[r, c]
+
     return {
+        "transpose": transpose,
         "lifting_kernel_grad": lifting_kernel_grad,
         "relu_max_pool_moments": relu_max_pool_moments,
         "bias_relu_pool": bias_relu_pool,
@@ -430,6 +442,16 @@ class _ScaleMax(torch.autograd.Function):
         out = grad.new_empty(ctx.input_shape)
         _run("scale_max_grad", grad.contiguous(), index, out)
         return out
+
+
+def transposed(x: Tensor) -> Tensor:
+    """x [R, C] -> its transpose as a contiguous [C, R] tensor. PyTorch's copy of a transposed
+    view of SESN's spectra ([B·C, S·k1·k2] complex, 27-54 MB) ran at 4-8 GB/s here, element by
+    element along one axis; tile by tile it took 2.5-6x less time (README "Throughput")."""
+    x = _dense(x)
+    out = x.new_empty(x.shape[1], x.shape[0])
+    _run("transpose", x, out)
+    return out
 
 
 def add_lifting_kernel_grad(g_hat: Tensor, x_hat: Tensor, total: Tensor) -> None:

@@ -42,7 +42,12 @@ from scalelearn.nn.cpu_fft import (
     lifting_pooled_relu_moments,
     lifting_scale_max_pool,
 )
-from scalelearn.nn.cpu_kernels import channel_mix, pooled_relu_moments, scale_max_pool
+from scalelearn.nn.cpu_kernels import (
+    channel_mix,
+    pooled_relu_moments,
+    scale_max_pool,
+    transposed,
+)
 from scalelearn.nn.hermite import ScaleBasis
 
 # --------------------------------------------------------------------------------------- helpers
@@ -129,10 +134,27 @@ class _BatchedMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, b = ctx.saved_tensors
-        grad = grad.resolve_conj().contiguous()
+        grad = grad.resolve_conj()
+        # On the CPU `_fft`'s gradient arrives as a view of [B, Cout, S·k1·k2]: transposed in tiles.
+        natural = grad.permute(1, 2, 0)
+        if grad.device.type == "cpu" and not grad.is_contiguous() and natural.is_contiguous():
+            grad = transposed(natural.reshape(-1, len(grad))).view(grad.shape)
+        grad = grad.contiguous()
         grad_a = torch.bmm(grad, b.mH) if ctx.needs_input_grad[0] else None
         grad_b = torch.bmm(a.mH, grad) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b
+
+
+class _Transposed(torch.autograd.Function):
+    """x [R, C] (CPU) -> contiguous [C, R] by `cpu_kernels.transposed`, and so its gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return transposed(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return transposed(grad)
 
 
 def _bmm(a: Tensor, b: Tensor) -> Tensor:
@@ -312,9 +334,13 @@ def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
         # Lifting a single channel: a broadcast product (a matmul with inner size 1 is slower).
         y_hat = x_hat[:, :, None] * spectrum[..., 0, :].permute(3, 0, 1, 2)
     else:
-        if x.dim() == 4:
-            x_hat = x_hat[:, :, None].expand(-1, -1, num_scales, -1, -1)
-        x_hat = x_hat.permute(2, 3, 4, 0, 1).reshape(-1, batch, in_channels)  # [S·k1·k2, B, Cin]
+        if x.dim() == 5 and x.device.type == "cpu":
+            x_hat = _Transposed.apply(x_hat.reshape(batch * in_channels, -1))
+            x_hat = x_hat.view(-1, batch, in_channels)  # [S·k1·k2, B, Cin]
+        else:
+            if x.dim() == 4:
+                x_hat = x_hat[:, :, None].expand(-1, -1, num_scales, -1, -1)
+            x_hat = x_hat.permute(2, 3, 4, 0, 1).reshape(-1, batch, in_channels)
         y_hat = _bmm(x_hat, spectrum.reshape(-1, in_channels, out_channels))
         y_hat = y_hat.view(num_scales, k1, k2, batch, out_channels).permute(3, 4, 0, 1, 2)
     return torch.fft.irfft2(y_hat, s=lengths)[..., :height, :width]
