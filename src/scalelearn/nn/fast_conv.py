@@ -323,8 +323,9 @@ def _cpu_lifting(x: Tensor, weight: Tensor) -> bool:
 def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """2-D FFT convolution -> [B, Cout, S, H, W]."""
     height, width = x.shape[-2:]
-    lengths, halves = _fft_plan(basis, height, width, _cpu_lifting(x, weight))
-    if _cpu_lifting(x, weight):
+    cpu_lifting = _cpu_lifting(x, weight)
+    lengths, halves = _fft_plan(basis, height, width, cpu_lifting)
+    if cpu_lifting:
         return lifting(x, _reused(_lifting_spectrum, weight, basis, lengths, halves), lengths)
     spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
     num_scales, k1, k2, in_channels, out_channels = spectrum.shape
