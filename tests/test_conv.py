@@ -151,7 +151,8 @@ def test_cpu_scale_max_pool_is_max_then_window_max_and_min(dtype):
 def test_toy_model_evaluation_pools_first_with_the_same_logits(method, monkeypatch):
     """Evaluation on the CPU pools the scale max before ReLU and batch norm (max for channels
     with a positive BN scale, min for a negative one), inside the lifting layer (where `fft`
-    lifts, pass by pass: here one image per pass): the same logits as pool(bn(relu(max)))."""
+    lifts, pass by pass: here one image and one channel per pass): the same logits as
+    pool(bn(relu(max)))."""
     from scalelearn.nn import cpu_fft, fast_conv
     from scalelearn.nn.models import build_model
 
@@ -177,7 +178,8 @@ def test_toy_model_evaluation_pools_first_with_the_same_logits(method, monkeypat
         assert model._pools_first(x)
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     if method == "fft":
-        assert len(passes) == 3 + 3  # the reference's lifting (one pass per image), then ours
+        # The reference's lifting (one pass per image), then ours, also split by channel.
+        assert len(passes) == 3 + 3 * 16
     with pytest.raises(RuntimeError, match="no gradient"):
         model.conv(x, extremes=(4, 4))
 

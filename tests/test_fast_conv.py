@@ -532,7 +532,8 @@ def _lifting_results(x, kernel, lengths, increasing, grads):
 def test_lifting_pass_by_pass_gives_the_bits_of_one_pass(monkeypatch):
     """cpu_fft transforms a batch a few images at a time (PASS_BYTES): the outputs and gradients
     of every lifting are the same bits for one pass, a pass per image and passes of two images
-    (the last one short); the evaluation head equals scale_max_pool of the lifting."""
+    (the last one short), and evaluation's passes, split by output channels where an image's
+    spectrum exceeds PASS_BYTES, too; the evaluation head equals scale_max_pool of the lifting."""
     from scalelearn.nn.cpu_kernels import scale_max_pool
 
     generator = torch.Generator().manual_seed(8)
@@ -547,6 +548,7 @@ def test_lifting_pass_by_pass_gives_the_bits_of_one_pass(monkeypatch):
     for passes, size in (("one", 1 << 40), ("per image", 1), ("of two", 2 * spectrum)):
         monkeypatch.setattr(cpu_fft, "PASS_BYTES", size)
         assert len(cpu_fft._passes(5, kernel)) == {"one": 1, "per image": 5, "of two": 3}[passes]
+        assert len(cpu_fft._channel_groups(kernel)) == (3 if passes == "per image" else 1)
         runs[passes] = _lifting_results(x, kernel, lengths, increasing, grads)
     for passes in ("per image", "of two"):
         for a, b in zip(runs["one"], runs[passes], strict=True):
