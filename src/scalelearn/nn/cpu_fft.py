@@ -17,8 +17,10 @@ gradient Σ_b ĝ[b] · conj(x̂[b]) makes a batch-sized temporary. Here:
 - passes: every step runs on a few images at a time (`PASS_BYTES` of spectrum), so that each
   transform reads what the step before wrote from the cache; the toy model's heads (training:
   `lifting_pooled_relu_moments`, evaluation: `lifting_scale_max_pool`) pool each pass's output
-  at once, and the whole output is never held. A pass's numbers are those of the whole batch
-  (every step but the kernel's gradient is per image, and that one sums the images in order).
+  at once, and the whole output is never held; evaluation also splits an image's output
+  channels where its spectrum alone exceeds `PASS_BYTES`. A pass's numbers are those of the whole
+  batch (every step but the kernel's gradient is per image and channel, and that one sums the
+  images in order).
 Measured against the autograd chain: README "Throughput". CUDA tensors never come here.
 """
 
