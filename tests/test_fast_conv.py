@@ -577,6 +577,21 @@ def test_bench_json_smoke(capsys):
             assert row["peak_rss_mib"] > 10 and row["eval_peak_rss_mib"] > 10
 
 
+def test_bench_keeps_the_memory_call_out_of_the_times():
+    # The call that measures peak memory starts with freed memory handed back to the OS and
+    # runs beside the sampling thread: timing it would slow the median of two calls.
+    calls = []
+
+    def timed(implementation):
+        calls.append(implementation)
+        return float(len(calls))  # the n-th call takes n seconds
+
+    times, peaks = bench._alternate({"fast": 2, "dense": 1}, timed, torch.device("cpu"))
+    assert calls == ["fast", "dense", "fast", "dense", "fast"]
+    assert times == {"fast": [3.0, 5.0], "dense": [4.0]}
+    assert set(peaks) == {"fast", "dense"}
+
+
 def test_bench_table_and_errors(capsys):
     main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0"])
     out = capsys.readouterr().out

@@ -7,9 +7,9 @@ the same seeded batch (MNIST digits rendered as the experiment's data, see INPUT
 step by step in one process so that both see the same machine load. A step is forward, cross
 entropy, backward, Adam step and the scale projection, as in training. Then each copy evaluates a
 batch of `eval_batch` images as validation and test do (eval mode, inference_mode, chunks bounded
-by scalelearn.nn.evaluation), again alternating. Peak memory: malloc's allocated bytes above the
-level before the step, and the process's resident set (RSS) during it, after freed memory was
-handed back to the OS.
+by scalelearn.nn.evaluation), again alternating. Peak memory, in one extra step and evaluation
+call of each that is not timed: malloc's allocated bytes above the level before it, and the
+process's resident set (RSS) during it, after freed memory was handed back to the OS.
 """
 
 from __future__ import annotations
@@ -287,20 +287,19 @@ def _timed(work, device) -> float:
 
 
 def _alternate(plans: dict[str, int], timed, device) -> tuple[dict, dict]:
-    """Run `timed(implementation)` for the planned counts, alternating the implementations step
-    by step. The first measured call of each also records its peak memory; the median time keeps
-    that call's sampling thread out of the result. -> (times {impl: [s]}, peaks {impl: memory})."""
+    """One untimed call of each implementation that records its peak memory, then
+    `timed(implementation)` for the planned counts, alternating the implementations call by call.
+    The memory call is kept out of the times: it starts after freed memory went back to the OS
+    (its pages are faulted in again) and beside the sampling thread, and with two timed calls
+    the median would be their mean. -> (times {impl: [s]}, peaks {impl: memory})."""
+    peaks: dict[str, _PeakMemory] = {}
+    for implementation in plans:
+        with _PeakMemory(device) as peaks[implementation]:
+            timed(implementation)
     times: dict[str, list[float]] = {impl: [] for impl in plans}
-    peaks: dict[str, _PeakMemory | None] = {impl: None for impl in plans}
     for i in range(max(plans.values())):
         for implementation, count in plans.items():
-            if i >= count:
-                continue
-            if i == 0:
-                with _PeakMemory(device) as memory:
-                    times[implementation].append(timed(implementation))
-                peaks[implementation] = memory
-            else:
+            if i < count:
                 times[implementation].append(timed(implementation))
     return times, peaks
 
@@ -689,9 +688,9 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=1))
         return
     memory_kind = (
-        "torch.cuda.max_memory_allocated above the level before the first measured call"
+        "torch.cuda.max_memory_allocated above the level before one extra, untimed call"
         if device.type == "cuda"
-        else "malloc's allocated bytes above the level before the first measured call "
+        else "malloc's allocated bytes above the level before one extra, untimed call "
         "(sampled every 2 ms)"
     )
     print(
