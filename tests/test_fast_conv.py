@@ -277,20 +277,41 @@ def test_kernel_spectra_split_by_parity_match_dense(symmetric):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+def _is_smooth(n: int, primes) -> bool:
+    for prime in primes:
+        while n % prime == 0:
+            n //= prime
+    return n == 1
+
+
 def test_fft_lengths():
-    """The smallest 5-smooth length at least the padded size; for the CPU lifting also a multiple
-    of 4 and not of 25 (MKL's fast lengths here), never more than needed."""
+    """The smallest fast length at least the padded size, never more than needed: 5-smooth (any);
+    on the CPU even and 7-smooth (MKL's odd real transforms are slow); for the CPU lifting
+    5-smooth, a multiple of 4 and not of 25."""
     assert [fast_conv._fft_size(n) for n in (26, 40, 193, 264, 132)] == [27, 40, 200, 270, 135]
-    lifting = {n: fast_conv._fft_size(n, transforms_dominate=True) for n in range(20, 400)}
+    cpu = {n: fast_conv._fft_size(n, "cpu") for n in range(10, 400)}
+    # SESN's H→H layers: 14 + 12 or 13 (conv3), 28 + 12, 13 or 14 (conv2).
+    assert [cpu[n] for n in (26, 27, 40, 41, 42, 97)] == [28, 28, 40, 42, 42, 98]
+    lifting = {n: fast_conv._fft_size(n, "cpu_lifting") for n in range(20, 400)}
     sizes = (26, 68, 90, 97, 132, 193, 229, 264)
     assert [lifting[n] for n in sizes] == [32, 72, 96, 108, 144, 216, 240, 288]
-    for size, length in lifting.items():
-        rest = length
-        for prime in (2, 3, 5):
-            while rest % prime == 0:
-                rest //= prime
-        assert rest == 1 and length % 4 == 0 and length % 25 != 0 and length >= size
-        assert all(lifting[n] == length for n in range(size, length + 1) if n in lifting)
+    for lengths, fast in [
+        (cpu, lambda n: n % 2 == 0 and _is_smooth(n, (2, 3, 5, 7))),
+        (lifting, lambda n: n % 4 == 0 and n % 25 != 0 and _is_smooth(n, (2, 3, 5))),
+    ]:
+        for size, length in lengths.items():
+            assert fast(length) and length >= size
+            assert all(lengths[n] == length for n in range(size, length + 1) if n in lengths)
+
+
+def test_sesn_layers_take_even_lengths_on_the_cpu():
+    sesn = [1.5, 1.89, 2.38, 3.0]  # K 25: conv3 on 14² needs 14 + 12 -> 28, conv2 on 28² 40
+    conv3 = _layer(32, 63, 95, 14, sesn, "hermite_b", 7, False)
+    assert fast_conv._fft_rule(*conv3[:2]) == "cpu"
+    assert fast_conv._fft_plan(conv3[2], 14, 14, "cpu")[0] == (28, 28)
+    assert fast_conv._fft_rule(*_layer(32, 1, 32, 56, sesn, "hermite_b", 7)[:2]) == "cpu_lifting"
+    x, weight = (t.to("meta") for t in conv3[:2])
+    assert fast_conv._fft_rule(x, weight) == "any"  # off the CPU (CUDA): 27
 
 
 def test_choice_follows_the_measured_winners():

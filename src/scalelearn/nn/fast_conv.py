@@ -81,27 +81,39 @@ def _conv2d(x: Tensor, kernel: Tensor, padding: tuple[int, int], groups: int = 1
     return F.conv2d(x, kernel, groups=groups)
 
 
-def _fft_size(minimum: int, transforms_dominate: bool = False) -> int:
-    """Smallest n ≥ minimum whose prime factors are 2, 3 and 5 (fast FFT lengths).
+def _fft_size(minimum: int, rule: str = "any") -> int:
+    """Smallest n ≥ minimum that is a fast FFT length under `rule` (`_fft_rule`):
 
-    transforms_dominate (the CPU lifting of one channel, `cpu_fft`, where a call is its
-    transforms): also a multiple of 4 and not of 25. MKL's transforms of the other lengths cost
-    more per element here; lifting forward / gradient transform per image of the toy model, ms,
-    2 threads: 270 3.38 / 2.12 against 288 3.37 / 1.51, 200 1.67 / 1.10 against 216 1.62 / 0.85,
-    135 1.02 / 0.96 against 144 0.62 / 0.37 (README "Throughput"). Where a spectral product over
-    channels dominates (SESN's H→H layers), the larger spectrum costs more than it saves (27
-    -> 32: `e5_sesn` 64.7 -> 61.6 img/s).
+    - any (cuFFT; `rows`' transforms along W): prime factors 2, 3 and 5;
+    - cpu (`fft` on the CPU but for the lifting below: SESN's H→H layers): even, prime factors 2,
+      3, 5 and 7. MKL's real transforms of odd lengths take up to twice as long here (r2c / c2r
+      of maps shaped as SESN's conv3 output, [32, 95, 4, 14, 14], 2 threads, ms: 27 19.5 / 21.7,
+      28 8.6 / 21.0; as conv2's, [32, 63, 4, 28, 28]: 45 34.7 / 44.8, 42 20.6 / 31.8), and a
+      factor 7 costs less spectrum than the
+      next 5-smooth even one (41 -> 42, not 48). Whole steps, old and new lengths alternating:
+      `e5_sesn` (K 27) training -11 %, evaluation -15 % (1 thread -12 / -16 %), fixed scales
+      at K 29 -10 / -12 %, at K 25 -5 / -11 % (README "Throughput"). Where a spectral product over
+      channels dominates, a much larger spectrum costs more than it saves (27 -> 32: `e5_sesn`
+      64.7 -> 61.6 img/s);
+    - cpu_lifting (the CPU lifting of one channel, `cpu_fft`, where a call is its transforms):
+      prime factors 2, 3 and 5, a multiple of 4 and not of 25. MKL's transforms of the other
+      lengths cost more per element here; lifting forward / gradient transform per image of the
+      toy model, ms, 2 threads: 270 3.38 / 2.12 against 288 3.37 / 1.51, 200 1.67 / 1.10 against
+      216 1.62 / 0.85, 135 1.02 / 0.96 against 144 0.62 / 0.37 (README "Throughput").
     """
+    primes = (2, 3, 5, 7) if rule == "cpu" else (2, 3, 5)
     n = minimum
     while True:
-        rest, twos, fives = n, 0, 0
-        while rest % 2 == 0:
-            rest, twos = rest // 2, twos + 1
-        while rest % 3 == 0:
-            rest //= 3
-        while rest % 5 == 0:
-            rest, fives = rest // 5, fives + 1
-        if rest == 1 and (not transforms_dominate or (twos >= 2 and fives <= 1)):
+        rest = n
+        for prime in primes:
+            while rest % prime == 0:
+                rest //= prime
+        fast = rest == 1
+        if rule == "cpu":
+            fast = fast and n % 2 == 0
+        elif rule == "cpu_lifting":
+            fast = fast and n % 4 == 0 and n % 25 != 0
+        if fast:
             return n
         n += 1
 
@@ -231,13 +243,13 @@ def _direct(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
 # ------------------------------------------------------------------------------------------- fft
 
 
-def _fft_plan(basis: ScaleBasis, height: int, width: int, cpu_lifting: bool = False):
+def _fft_plan(basis: ScaleBasis, height: int, width: int, rule: str = "any"):
     """-> (lengths (L_H, L_W), halves (h, w)): the largest kernel's half sizes, cropped to the
-    image; L ≥ size + half keeps the wrap-around of the circular convolution off the outputs.
-    cpu_lifting: the lengths of `cpu_fft.lifting` (`_fft_size`'s transforms_dominate)."""
+    image; L ≥ size + half keeps the wrap-around of the circular convolution off the outputs;
+    the lengths are fast ones under `rule` (`_fft_size`)."""
     halves = (min(basis.kernel_size // 2, height - 1), min(basis.kernel_size // 2, width - 1))
     sizes = (height + halves[0], width + halves[1])
-    return tuple(_fft_size(size, cpu_lifting) for size in sizes), halves
+    return tuple(_fft_size(size, rule) for size in sizes), halves
 
 
 def _function_spectra(weight: Tensor, basis: ScaleBasis, lengths, halves):
@@ -320,12 +332,19 @@ def _cpu_lifting(x: Tensor, weight: Tensor) -> bool:
     return x.device.type == "cpu" and x.dim() == 4 and weight.shape[1] == 1
 
 
+def _fft_rule(x: Tensor, weight: Tensor) -> str:
+    """The rule of `fft`'s transform lengths for this call (`_fft_size`)."""
+    if _cpu_lifting(x, weight):
+        return "cpu_lifting"
+    return "cpu" if x.device.type == "cpu" else "any"
+
+
 def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """2-D FFT convolution -> [B, Cout, S, H, W]."""
     height, width = x.shape[-2:]
-    cpu_lifting = _cpu_lifting(x, weight)
-    lengths, halves = _fft_plan(basis, height, width, cpu_lifting)
-    if cpu_lifting:
+    rule = _fft_rule(x, weight)
+    lengths, halves = _fft_plan(basis, height, width, rule)
+    if rule == "cpu_lifting":
         return lifting(x, _reused(_lifting_spectrum, weight, basis, lengths, halves), lengths)
     spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
     num_scales, k1, k2, in_channels, out_channels = spectrum.shape
@@ -579,7 +598,7 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         costs["direct"] = _NS_PER_CONV_MAC * macs
 
     lifting = _cpu_lifting(x, weight)
-    (length_h, length_w), _ = _fft_plan(basis, height, width, lifting)
+    (length_h, length_w), _ = _fft_plan(basis, height, width, _fft_rule(x, weight))
     area, bins = length_h * length_w, length_h * (length_w // 2 + 1)
     maps = batch * (in_channels * inputs + out_channels * scales)
     costs["fft"] = (
@@ -637,7 +656,8 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
     if method == "separable":  # one scale's row pass, the per-scale outputs and their stack
         return (batch * in_channels * profiles * height * width + 2 * outputs) * real
     lifting = method == "fft" and _cpu_lifting(x, weight)
-    (length_h, length_w), _ = _fft_plan(basis, height, width, lifting)
+    rule = _fft_rule(x, weight) if method == "fft" else "any"  # `rows`: its lengths along W
+    (length_h, length_w), _ = _fft_plan(basis, height, width, rule)
     if lifting:
         # x̂, the output, and one pass's ŷ, its inverse along H, that inverse's copy for the one
         # along W, and the pass's output (copied into the whole one where there are passes).
@@ -707,7 +727,7 @@ def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
     if method != "fft" or not _cpu_lifting(x, weight):
         return None
     dtype = _spectral_dtype(x, weight)
-    lengths, halves = _fft_plan(basis, *x.shape[-2:], cpu_lifting=True)
+    lengths, halves = _fft_plan(basis, *x.shape[-2:], "cpu_lifting")
     kernel = _reused(_lifting_spectrum, weight.to(dtype), basis, lengths, halves)
     return x.to(dtype), kernel, lengths
 
