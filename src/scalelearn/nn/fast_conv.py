@@ -89,12 +89,11 @@ def _fft_size(minimum: int, rule: str = "any") -> int:
       3, 5 and 7. MKL's real transforms of odd lengths take up to twice as long here (r2c / c2r
       of maps shaped as SESN's conv3 output, [32, 95, 4, 14, 14], 2 threads, ms: 27 19.5 / 21.7,
       28 8.6 / 21.0; as conv2's, [32, 63, 4, 28, 28]: 45 34.7 / 44.8, 42 20.6 / 31.8), and a
-      factor 7 costs less spectrum than the
-      next 5-smooth even one (41 -> 42, not 48). Whole steps, old and new lengths alternating:
-      `e5_sesn` (K 27) training -11 %, evaluation -15 % (1 thread -12 / -16 %), fixed scales
-      at K 29 -10 / -12 %, at K 25 -5 / -11 % (README "Throughput"). Where a spectral product over
-      channels dominates, a much larger spectrum costs more than it saves (27 -> 32: `e5_sesn`
-      64.7 -> 61.6 img/s);
+      factor 7 makes a smaller spectrum than the next even 5-smooth length (41 -> 42, not 48).
+      Whole steps, old and new lengths alternating: `e5_sesn` (K 27) training -11 %, evaluation
+      -15 % (1 thread -12 / -16 %), fixed scales at K 29 -10 / -12 %, at K 25 -5 / -11 % (README
+      "Throughput"). Where a spectral product over channels dominates, a much larger spectrum
+      costs more than it saves (27 -> 32: `e5_sesn` 64.7 -> 61.6 img/s);
     - cpu_lifting (the CPU lifting of one channel, `cpu_fft`, where a call is its transforms):
       prime factors 2, 3 and 5, a multiple of 4 and not of 25. MKL's transforms of the other
       lengths cost more per element here; lifting forward / gradient transform per image of the
