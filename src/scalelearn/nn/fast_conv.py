@@ -654,10 +654,9 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
         return 2 * outputs * real  # the per-scale outputs and their stack
     if method == "separable":  # one scale's row pass, the per-scale outputs and their stack
         return (batch * in_channels * profiles * height * width + 2 * outputs) * real
-    lifting = method == "fft" and _cpu_lifting(x, weight)
     rule = _fft_rule(x, weight) if method == "fft" else "any"  # `rows`: its lengths along W
     (length_h, length_w), _ = _fft_plan(basis, height, width, rule)
-    if lifting:
+    if rule == "cpu_lifting":
         # x̂, the output, and one pass's ŷ, its inverse along H, that inverse's copy for the one
         # along W, and the pass's output (copied into the whole one where there are passes).
         spectrum = out_channels * scales * length_h * (length_w // 2 + 1) * complex_
