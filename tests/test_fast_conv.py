@@ -257,12 +257,17 @@ def test_kernel_spectra_split_by_parity_match_dense(symmetric):
     else:
         generator = torch.Generator().manual_seed(8)
         profiles = profiles + 0.1 * torch.rand(profiles.shape, generator=generator).double()
-        asymmetric = ScaleBasis(profiles, basis.row_index, basis.col_index, basis.supports)
-        assert all(len(part) == count for part in fast_conv._parity_split(asymmetric))
+    # A basis is zero outside each scale's support (ScaleBasis.supports), as the layers assume.
+    offsets = (torch.arange(profiles.shape[-1]) - profiles.shape[-1] // 2).abs()
+    inside = offsets <= torch.tensor([n // 2 for n in basis.supports])[:, None, None]
 
     def layer(function, x, weight, profiles):
-        basis_at = ScaleBasis(profiles, basis.row_index, basis.col_index, basis.supports)
+        basis_at = ScaleBasis(profiles * inside, basis.row_index, basis.col_index, basis.supports)
         return function(x, weight, basis_at)
+
+    if not symmetric:
+        asymmetric = layer(lambda x, weight, basis: basis, x, weight, profiles)
+        assert all(len(part) == count for part in fast_conv._parity_split(asymmetric))
 
     results = []
     for function in (fast_conv._fft, h2h_dense):
@@ -304,11 +309,26 @@ def test_fft_lengths():
             assert all(lengths[n] == length for n in range(size, length + 1) if n in lengths)
 
 
-def test_sesn_layers_take_even_lengths_on_the_cpu():
+def test_sesn_layers_take_even_lengths_per_run_of_scales_on_the_cpu():
     sesn = [1.5, 1.89, 2.38, 3.0]  # K 25: conv3 on 14² needs 14 + 12 -> 28, conv2 on 28² 40
     conv3 = _layer(32, 63, 95, 14, sesn, "hermite_b", 7, False)
     assert fast_conv._fft_rule(*conv3[:2]) == "cpu"
     assert fast_conv._fft_plan(conv3[2], 14, 14, "cpu")[0] == (28, 28)
+    # Each scale's own support (13, 15, 19, 25): shorter transforms for the smaller scales.
+    runs = fast_conv._fft_runs(conv3[2], 14, 14, "cpu")
+    assert [(scales, lengths) for scales, lengths, _ in runs] == [
+        ((0, 1), (20, 20)),
+        ((1, 3), (24, 24)),
+        ((3, 4), (28, 28)),
+    ]
+    assert [halves for _, _, halves in runs] == [(6, 6), (9, 9), (12, 12)]
+    conv2 = _layer(32, 32, 63, 28, sesn, "hermite_b", 7, False)[2]
+    assert [lengths for _, lengths, _ in fast_conv._fft_runs(conv2, 28, 28, "cpu")] == [
+        (36, 36),
+        (40, 40),
+    ]
+    # Off the CPU and for the CPU lifting, one run at the largest kernel's lengths.
+    assert fast_conv._fft_runs(conv3[2], 14, 14, "any") == [((0, 4), (27, 27), (12, 12))]
     assert fast_conv._fft_rule(*_layer(32, 1, 32, 56, sesn, "hermite_b", 7)[:2]) == "cpu_lifting"
     x, weight = (t.to("meta") for t in conv3[:2])
     assert fast_conv._fft_rule(x, weight) == "any"  # off the CPU (CUDA): 27

@@ -251,10 +251,36 @@ def _fft_plan(basis: ScaleBasis, height: int, width: int, rule: str = "any"):
     return tuple(_fft_size(size, rule) for size in sizes), halves
 
 
-def _function_spectra(weight: Tensor, basis: ScaleBasis, lengths, halves):
-    """The 1-D spectra of every basis function's row and column profile, in weight's dtype:
-    -> (rows [S, F, L_H], cols [S, F, L_W//2 + 1])."""
-    profiles = basis.profiles.to(weight.dtype)
+def _fft_runs(basis: ScaleBasis, height: int, width: int, rule: str = "any"):
+    """-> [((first, stop), lengths, halves)]: the scales first ≤ s < stop whose transforms run
+    together, at their lengths and half sizes. Under rule "cpu" (SESN's H→H layers on the CPU)
+    each run of consecutive scales whose own kernels (cropped to their supports,
+    `hermite.supports`) need the same lengths: a small scale's circular convolution needs
+    shorter transforms than the largest kernel's (SESN's conv3 at 14², K 25, supports 13 / 15 /
+    19 / 25: lengths 20, 24, 24, 28 instead of 28 for all four; 0.75 of the spectrum, and
+    conv2's at 28² 0.91). `e5_sesn`, one process alternating (2 threads, 2026-11-27): training
+    steps 475-501 -> 417-432 ms, evaluation of 256 images 1.27-1.46 -> 1.16-1.25 s. Otherwise
+    one run of every scale at `_fft_plan`'s lengths (CUDA: one call per layer; the CPU lifting:
+    one spectrum for `cpu_fft`)."""
+    if rule != "cpu":
+        lengths, halves = _fft_plan(basis, height, width, rule)
+        return [((0, basis.profiles.shape[0]), lengths, halves)]
+    runs = []
+    for scale, half in enumerate(_half_sizes(basis, height, width)):
+        lengths = (_fft_size(height + half[0], rule), _fft_size(width + half[1], rule))
+        if runs and runs[-1][1] == lengths:
+            (first, _), _, widest = runs[-1]
+            runs[-1] = ((first, scale + 1), lengths, tuple(map(max, widest, half)))
+        else:
+            runs.append(((scale, scale + 1), lengths, half))
+    return runs
+
+
+def _function_spectra(weight: Tensor, basis: ScaleBasis, lengths, halves, scales=None):
+    """The 1-D spectra of every basis function's row and column profile at the scales first ≤
+    s < stop (default: all), in weight's dtype: -> (rows [S, F, L_H], cols [S, F, L_W//2 + 1])."""
+    first, stop = scales or (0, basis.profiles.shape[0])
+    profiles = basis.profiles[first:stop].to(weight.dtype)
     rows = _profile_spectrum(profiles, halves[0], lengths[0], real=False)[:, basis.row_index]
     cols = _profile_spectrum(profiles, halves[1], lengths[1], real=True)[:, basis.col_index]
     return rows, cols
@@ -281,8 +307,9 @@ def _parity_split(basis: ScaleBasis) -> tuple[Tensor, Tensor]:
     return (~imaginary).nonzero().flatten(), (~real).nonzero().flatten()
 
 
-def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tensor:
-    """weight [Cout, Cin, F] -> kernel spectra [S, L_H, L_W//2 + 1, Cin, Cout] (complex).
+def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves, scales) -> Tensor:
+    """weight [Cout, Cin, F] -> kernel spectra [S', L_H, L_W//2 + 1, Cin, Cout] (complex) of the
+    scales first ≤ s < stop (S' of them).
 
     On the CPU one real matmul writes the spectra interleaved (real, imaginary) in the [Cin,
     Cout] layout of the batched product: its inner axis holds each function's real or imaginary
@@ -291,8 +318,8 @@ def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tens
     makes took longer than the matmul on the CPU (SESN's conv3: 24 ms forward, 16 backward per
     step); measured against it, 45 against 70 ms forward and backward for conv3, 33 against 53
     for conv2. (On CUDA the copy is cheap, and reading the parities would wait for the GPU.)"""
-    rows, cols = _function_spectra(weight, basis, lengths, halves)
-    functions = rows.transpose(1, 2)[:, :, None] * cols.transpose(1, 2)[:, None]  # [S, L_H, k2, F]
+    rows, cols = _function_spectra(weight, basis, lengths, halves, scales)
+    functions = rows.transpose(1, 2)[:, :, None] * cols.transpose(1, 2)[:, None]  # [S', L_H, k2, F]
     out_channels, in_channels, count = weight.shape
     if weight.device.type != "cpu":
         # Both parts of every function in one matmul, then (real, imag) moved last.
@@ -339,15 +366,24 @@ def _fft_rule(x: Tensor, weight: Tensor) -> str:
 
 
 def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
-    """2-D FFT convolution -> [B, Cout, S, H, W]."""
+    """2-D FFT convolution -> [B, Cout, S, H, W], run by run of scales (`_fft_runs`)."""
     height, width = x.shape[-2:]
     rule = _fft_rule(x, weight)
-    lengths, halves = _fft_plan(basis, height, width, rule)
     if rule == "cpu_lifting":
+        lengths, halves = _fft_plan(basis, height, width, rule)
         return lifting(x, _reused(_lifting_spectrum, weight, basis, lengths, halves), lengths)
-    spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves)  # [S, k1, k2, Cin, Cout]
-    num_scales, k1, k2, in_channels, out_channels = spectrum.shape
-    x_hat = torch.fft.rfft2(x, s=lengths)  # [B, Cin, (S,) k1, k2]
+    ys = [_fft_run(x, weight, basis, *run) for run in _fft_runs(basis, height, width, rule)]
+    return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+
+
+def _fft_run(x: Tensor, weight: Tensor, basis: ScaleBasis, scales, lengths, halves) -> Tensor:
+    """The scales first ≤ s < stop of `_fft` at these lengths -> [B, Cout, stop − first, H, W]."""
+    height, width = x.shape[-2:]
+    spectrum = _reused(_kernel_spectrum, weight, basis, lengths, halves, scales)
+    num_scales, k1, k2, in_channels, out_channels = spectrum.shape  # [S', k1, k2, Cin, Cout]
+    if x.dim() == 5:
+        x = x[:, :, scales[0] : scales[1]]
+    x_hat = torch.fft.rfft2(x, s=lengths)  # [B, Cin, (S',) k1, k2]
     batch = x.shape[0]
     if x.dim() == 4 and in_channels == 1:
         # Lifting a single channel: a broadcast product (a matmul with inner size 1 is slower).
@@ -355,7 +391,7 @@ def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     else:
         if x.dim() == 5 and x.device.type == "cpu":
             x_hat = _Transposed.apply(x_hat.reshape(batch * in_channels, -1))
-            x_hat = x_hat.view(-1, batch, in_channels)  # [S·k1·k2, B, Cin]
+            x_hat = x_hat.view(-1, batch, in_channels)  # [S'·k1·k2, B, Cin]
         else:
             if x.dim() == 4:
                 x_hat = x_hat[:, :, None].expand(-1, -1, num_scales, -1, -1)
@@ -588,7 +624,6 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
     batch, in_channels, height, width = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
     out_channels, _, count = weight.shape
     scales, profiles = basis.profiles.shape[:2]
-    inputs = scales if x.dim() == 5 else 1
     learned = basis.profiles.requires_grad
     sides = [(2 * h + 1, 2 * w + 1) for h, w in _half_sizes(basis, height, width)]
     costs = {}
@@ -597,14 +632,18 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         costs["direct"] = _NS_PER_CONV_MAC * macs
 
     lifting = _cpu_lifting(x, weight)
-    (length_h, length_w), _ = _fft_plan(basis, height, width, _fft_rule(x, weight))
-    area, bins = length_h * length_w, length_h * (length_w // 2 + 1)
-    maps = batch * (in_channels * inputs + out_channels * scales)
-    costs["fft"] = (
-        _NS_PER_FFT2_POINT * maps * area * math.log2(area)
-        + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * scales * bins
-        + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * scales * bins
-    )
+    costs["fft"] = 0.0
+    for (first, stop), (length_h, length_w), _ in _fft_runs(
+        basis, height, width, _fft_rule(x, weight)
+    ):
+        run = stop - first
+        area, bins = length_h * length_w, length_h * (length_w // 2 + 1)
+        maps = batch * (in_channels * (run if x.dim() == 5 else 1) + out_channels * run)
+        costs["fft"] += (
+            _NS_PER_FFT2_POINT * maps * area * math.log2(area)
+            + _NS_PER_COMPLEX_MAC * batch * in_channels * out_channels * run * bins
+            + _NS_PER_KERNEL_MAC * in_channels * out_channels * count * run * bins
+        )
     if lifting:
         costs["fft"] *= _CPU_LIFTING_FFT_SHARE
     length_w = _fft_plan(basis, height, width)[0][1]  # `rows`' transforms along W
@@ -665,11 +704,15 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
         step = images_per_pass(batch, spectrum)
         return batch * (x_hat + output) + step * (3 * spectrum + output)
     if method == "fft":
+        # At the largest kernel's lengths: runs of smaller scales (`_fft_runs`) hold less.
         bins = length_h * (length_w // 2 + 1)
         x_hat = batch * in_channels * max(inputs, scales) * bins * complex_
         y_hat = batch * out_channels * scales * bins * complex_
-        # x̂ and its batched layout, ŷ, its layout for the inverse FFT and the one inside it.
-        return 2 * x_hat + 3 * y_hat + batch * out_channels * scales * length_h * length_w * real
+        # x̂ and its batched layout, ŷ, its layout for the inverse FFT and the one inside it,
+        # and where scales run apart, their outputs' concatenation.
+        concatenated = outputs * real if len(_fft_runs(basis, height, width, rule)) > 1 else 0
+        inverse = batch * out_channels * scales * length_h * length_w * real
+        return 2 * x_hat + 3 * y_hat + inverse + concatenated
     bins = length_w // 2 + 1
     z = batch * scales * in_channels * profiles * height * width * real
     z_hat = batch * scales * in_channels * profiles * height * bins * complex_
