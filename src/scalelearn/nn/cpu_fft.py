@@ -60,25 +60,45 @@ def _slices(count: int, step: int) -> list[slice]:
     return [slice(start, min(start + step, count)) for start in range(0, count, step)]
 
 
-def _passes(batch: int, kernel: Tensor) -> list[slice]:
-    """The images of each pass: kernel K̂ [Cout, S, k2, k1] has one image's spectrum's size."""
-    return _slices(batch, images_per_pass(batch, kernel.numel() * kernel.element_size()))
+def _image_bytes(kernels) -> int:
+    """The bytes of one image's spectrum: the kernels K̂ [Cout, S', k2, k1] of every run have
+    one image's spectrum's size together."""
+    return sum(kernel.numel() * kernel.element_size() for kernel in kernels)
 
 
-def _channel_groups(kernel: Tensor) -> list[slice]:
-    """The output channels of each evaluation pass, K̂ [Cout, S, k2, k1]: all of them where one
-    image's spectrum fits in PASS_BYTES, else as few equal groups as fit. At E3's worst case
-    (K 193, L 288: 16 MB per image) the lifting pass took 20-26 % less time per image in two
-    groups of 8 channels, whole evaluation calls 13-16 % less (README "Throughput")."""
-    count = kernel.shape[0]
-    groups = -(-kernel.numel() * kernel.element_size() // PASS_BYTES)
+def _passes(batch: int, kernels) -> list[slice]:
+    """The images of each pass."""
+    return _slices(batch, images_per_pass(batch, _image_bytes(kernels)))
+
+
+def _channel_groups(kernels) -> list[slice]:
+    """The output channels of each evaluation pass: all of them where one image's spectrum fits
+    in PASS_BYTES, else as few equal groups as fit. At E3's worst case (K 193, L 288: 16 MB per
+    image) the lifting pass took 20-26 % less time per image in two groups of 8 channels, whole
+    evaluation calls 13-16 % less (README "Throughput")."""
+    count = kernels[0].shape[0]
+    groups = -(-_image_bytes(kernels) // PASS_BYTES)
     return _slices(count, -(-count // max(1, groups)))
+
+
+def _scale_slices(kernels) -> list[slice]:
+    """The scales of each run: consecutive, S' of them for a kernel [Cout, S', k2, k1]."""
+    slices, stop = [], 0
+    for kernel in kernels:
+        slices.append(slice(stop, stop + kernel.shape[1]))
+        stop += kernel.shape[1]
+    return slices
 
 
 def _paired_bins(length: int) -> slice:
     """The bins of a one-sided spectrum of `length` that stand for two (k and L − k): all but
     the DC bin and, for even L, the Nyquist bin."""
     return slice(1, (length + 1) // 2)
+
+
+def _spectra(x: Tensor, lengths) -> list[Tensor]:
+    """x [B, 1, H, W] -> x̂ [B, k1, k2] at each run's lengths."""
+    return [torch.fft.rfft2(x[:, 0], s=run_lengths) for run_lengths in lengths]
 
 
 def _lift_pass(x_hat: Tensor, kernel: Tensor, height: int, length_w: int) -> Tensor:
@@ -91,125 +111,171 @@ def _lift_pass(x_hat: Tensor, kernel: Tensor, height: int, length_w: int) -> Ten
     return torch.fft.irfft(rows.transpose(-1, -2), n=length_w, dim=-1)
 
 
-def _lift_grads(ctx, x_hat: Tensor, kernel: Tensor, g_hat_of):
-    """The gradients of x and the kernel, pass by pass: g_hat_of(images) = rfft2(∂y of those
-    images zero-padded to L, norm="forward") [b, Cout, S, k1, k2]."""
-    needs_x, needs_kernel = ctx.needs_input_grad[:2]
+def _lift_runs(x_hats, kernels, lengths, size, images, channels=slice(None)) -> list[Tensor]:
+    """The lifting of some images and output channels, run by run of scales -> [y [b, Cout',
+    S', H, W]] (views into each run's inverse transform: the heads read the runs in place)."""
+    height, width = size
+    return [
+        _lift_pass(x_hat[images], kernel[channels], height, run_lengths[1])[..., :width]
+        for x_hat, kernel, run_lengths in zip(x_hats, kernels, lengths, strict=True)
+    ]
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    """The runs' outputs as one y [b, Cout, S, H, W]: the one run's itself (a view)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _lift_grads(ctx, x_hats, kernels, needs_x: bool, needs_kernels, g_hat_of):
+    """The gradients of x and of each run's kernel, pass by pass: g_hat_of(images, run, scales)
+    = rfft2(∂y of those images at those scales zero-padded to the run's lengths,
+    norm="forward") [b, Cout, S', k1, k2]."""
     height, width = ctx.size
-    grad_x = x_hat.real.new_empty(len(x_hat), 1, height, width) if needs_x else None
-    total = kernel.new_zeros(*kernel.shape[:2], *x_hat.shape[1:]) if needs_kernel else None
-    for images in _passes(len(x_hat), kernel):
-        g_hat = g_hat_of(images)
-        if needs_kernel:
-            add_lifting_kernel_grad(g_hat, x_hat[images], total)  # [Cout, S, k1, k2]
-        if needs_x:
-            # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's adjoint
-            # is L_H·L_W · irfft2 with them halved: the two cancel.
-            grad_x_hat = (g_hat * kernel.transpose(-1, -2).conj()).sum((1, 2))  # [b, k1, k2]
-            grad = torch.fft.irfft2(grad_x_hat, s=ctx.lengths, norm="forward")
-            grad_x[images, 0] = grad[:, :height, :width]
-    grad_kernel = None
-    if needs_kernel:
-        # The inverse's adjoint: the bins of the halved W axis that stand for two count twice
-        # (the 1/(L_H·L_W) is the transform's norm="forward").
-        total[..., _paired_bins(ctx.lengths[1])] *= 2
-        grad_kernel = total.transpose(-1, -2).contiguous()
-    return grad_x, grad_kernel
+    grad_x = x_hats[0].real.new_zeros(len(x_hats[0]), 1, height, width) if needs_x else None
+    totals = [
+        kernel.new_zeros(*kernel.shape[:2], *x_hat.shape[1:]) if needs else None
+        for kernel, x_hat, needs in zip(kernels, x_hats, needs_kernels, strict=True)
+    ]
+    runs = list(zip(x_hats, kernels, _scale_slices(kernels), ctx.lengths, totals, strict=True))
+    for images in _passes(len(x_hats[0]), kernels):
+        for run, (x_hat, kernel, scales, lengths, total) in enumerate(runs):
+            if total is None and not needs_x:
+                continue
+            g_hat = g_hat_of(images, run, scales)
+            if total is not None:
+                add_lifting_kernel_grad(g_hat, x_hat[images], total)  # [Cout, S', k1, k2]
+            if needs_x:
+                # x̂'s gradient is Σ ĝ · conj(K̂) with the paired bins doubled, and rfft2's
+                # adjoint is L_H·L_W · irfft2 with them halved: the two cancel.
+                grad_x_hat = (g_hat * kernel.transpose(-1, -2).conj()).sum((1, 2))  # [b, k1, k2]
+                grad = torch.fft.irfft2(grad_x_hat, s=lengths, norm="forward")
+                grad_x[images, 0] += grad[:, :height, :width]
+    grad_kernels = []
+    for total, lengths in zip(totals, ctx.lengths, strict=True):
+        if total is not None:
+            # The inverse's adjoint: the bins of the halved W axis that stand for two count
+            # twice (the 1/(L_H·L_W) is the transform's norm="forward").
+            total[..., _paired_bins(lengths[1])] *= 2
+            total = total.transpose(-1, -2).contiguous()
+        grad_kernels.append(total)
+    return grad_x, grad_kernels
 
 
 class _Lifting(torch.autograd.Function):
-    """x [B, 1, H, W], kernel K̂ [Cout, S, k2, k1] (H frequencies last) -> y [B, Cout, S, H, W]
-    (a view)."""
+    """x [B, 1, H, W], lengths, kernels K̂ [Cout, S', k2, k1] (H frequencies last) of each run
+    of scales -> y [B, Cout, S, H, W]."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernel: Tensor, lengths) -> Tensor:
-        height, width = x.shape[-2:]
-        x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
-        passes = _passes(len(x), kernel)
+    def forward(ctx, x: Tensor, lengths, *kernels: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        x_hats = _spectra(x, lengths)
+        passes = _passes(len(x), kernels)
         if len(passes) == 1:
-            y = _lift_pass(x_hat, kernel, height, lengths[1])
+            y = _joined(_lift_runs(x_hats, kernels, lengths, size, passes[0]))
         else:
-            y = x.new_empty(len(x), *kernel.shape[:2], height, lengths[1])
+            scales = sum(kernel.shape[1] for kernel in kernels)
+            y = x.new_empty(len(x), kernels[0].shape[0], scales, *size)
             for images in passes:
-                y[images] = _lift_pass(x_hat[images], kernel, height, lengths[1])
-        ctx.save_for_backward(x_hat, kernel)
-        ctx.lengths, ctx.size = lengths, (height, width)
-        return y[..., :width]
+                for part, scales in zip(
+                    _lift_runs(x_hats, kernels, lengths, size, images),
+                    _scale_slices(kernels),
+                    strict=True,
+                ):
+                    y[images, :, scales] = part
+        ctx.save_for_backward(*x_hats, *kernels)
+        ctx.lengths, ctx.size = lengths, tuple(size)
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x_hat, kernel = ctx.saved_tensors
+        saved, runs = ctx.saved_tensors, len(ctx.lengths)  # unpacked once (checkpointing)
+        x_hats, kernels = saved[:runs], saved[runs:]
 
-        def g_hat_of(images):
-            return torch.fft.rfft2(grad[images], s=ctx.lengths, norm="forward")
+        def g_hat_of(images, run, scales):
+            return torch.fft.rfft2(grad[images, :, scales], s=ctx.lengths[run], norm="forward")
 
-        return *_lift_grads(ctx, x_hat, kernel, g_hat_of), None
+        needs = ctx.needs_input_grad
+        grad_x, grad_kernels = _lift_grads(ctx, x_hats, kernels, needs[0], needs[2:], g_hat_of)
+        return grad_x, None, *grad_kernels
 
 
 class _LiftingPooledReluMoments(torch.autograd.Function):
-    """`_Lifting`, then `cpu_kernels.relu_max_pool_moments`, pass by pass: x, K̂, increasing
-    [Cout] -> (pooled [B, Cout, R, Q], mean [Cout], variance [Cout]). The lifting's output is
-    never whole (the head reads each pass's from the cache), and the gradient is written
-    straight into the zero-padded buffer the transform reads."""
+    """`_Lifting`, then `cpu_kernels.relu_max_pool_moments`, pass by pass: x, lengths, increasing
+    [Cout], rows, cols, kernels -> (pooled [B, Cout, R, Q], mean [Cout], variance [Cout]). The
+    lifting's output is never whole (the head reads each pass's from the cache), and the
+    gradient is written straight into the zero-padded buffers the transforms read."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernel: Tensor, lengths, increasing: Tensor, rows, cols):
-        height, width = x.shape[-2:]
-        x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
-        shape = (len(x), *kernel.shape[:2], height, width)
+    def forward(ctx, x: Tensor, lengths, increasing: Tensor, rows, cols, *kernels: Tensor):
+        size = x.shape[-2:]
+        x_hats = _spectra(x, lengths)
+        scales = sum(kernel.shape[1] for kernel in kernels)
+        shape = (len(x), kernels[0].shape[0], scales, *size)
         outputs = relu_max_pool_moments_outputs(shape, x.dtype, rows, cols)
-        for images in _passes(len(x), kernel):
-            y = _lift_pass(x_hat[images], kernel, height, lengths[1])[..., :width]
+        for images in _passes(len(x), kernels):
+            y = _lift_runs(x_hats, kernels, lengths, size, images)
             relu_max_pool_moments_into(y, increasing, [t[images] for t in outputs])
         pooled, mean, variance, saved = relu_max_pool_moments_result(outputs, x.dtype)
-        ctx.save_for_backward(x_hat, kernel, mean, *saved)
-        ctx.lengths, ctx.size = lengths, (height, width)
+        ctx.save_for_backward(mean, *saved, *x_hats, *kernels)
+        ctx.lengths, ctx.size = lengths, tuple(size)
         return pooled, mean, variance
 
     @staticmethod
     def backward(ctx, grad_pooled, grad_mean, grad_variance):
-        x_hat, kernel, mean, *saved = ctx.saved_tensors
-        batch = len(x_hat)
+        tensors, runs = ctx.saved_tensors, len(ctx.lengths)  # unpacked once (checkpointing)
+        mean, *saved = tensors[:4]
+        x_hats, kernels = tensors[4 : 4 + runs], tensors[4 + runs :]
+        batch = len(x_hats[0])
         count = batch * ctx.size[0] * ctx.size[1]
-        step = _passes(batch, kernel)[0].stop
-        padded = mean.new_empty(step, *kernel.shape[:2], *ctx.lengths)  # one pass's
+        step = _passes(batch, kernels)[0].stop
+        padded = [  # one pass's, per run
+            mean.new_empty(step, *kernel.shape[:2], *lengths)
+            for kernel, lengths in zip(kernels, ctx.lengths, strict=True)
+        ]
 
-        def g_hat_of(images):
-            part = padded[: images.stop - images.start]
-            grads = (grad_mean, grad_variance, count, part)
+        def g_hat_of(images, run, scales):
+            part = padded[run][: images.stop - images.start]
+            grads = (grad_mean, grad_variance, count, part, scales.start)
             pooled = None if grad_pooled is None else grad_pooled[images]
             relu_max_pool_moments_grad([t[images] for t in saved], mean, pooled, *grads)
-            return torch.fft.rfft2(part, norm="forward")  # [b, Cout, S, k1, k2]
+            return torch.fft.rfft2(part, norm="forward")  # [b, Cout, S', k1, k2]
 
-        return *_lift_grads(ctx, x_hat, kernel, g_hat_of), None, None, None, None
-
-
-def lifting(x: Tensor, kernel: Tensor, lengths) -> Tensor:
-    """x [B, 1, H, W] (real, CPU), kernel K̂ [Cout, S, k2, k1] (conj(DFT) of the kernels at
-    lengths (L_H, L_W): k1 = L_H, k2 = L_W//2 + 1; the H frequencies last) -> y [B, Cout, S, H, W]
-    (a view of a buffer with L_W columns), y[b, o, s] = x[b, 0] ⋆ κ[s, 0, o]. Gradients reach x
-    and the kernel."""
-    return _Lifting.apply(x, kernel, tuple(lengths))
+        needs = ctx.needs_input_grad
+        grad_x, grad_kernels = _lift_grads(ctx, x_hats, kernels, needs[0], needs[5:], g_hat_of)
+        return grad_x, None, None, None, None, *grad_kernels
 
 
-def lifting_pooled_relu_moments(x: Tensor, kernel: Tensor, lengths, increasing: Tensor, rows, cols):
+def lifting(x: Tensor, kernels, lengths) -> Tensor:
+    """x [B, 1, H, W] (real, CPU); for each run of consecutive scales (`fast_conv._fft_runs`),
+    kernel K̂ [Cout, S', k2, k1] (conj(DFT) of the kernels at that run's lengths (L_H, L_W): k1 =
+    L_H, k2 = L_W//2 + 1; the H frequencies last) -> y [B, Cout, S, H, W], y[b, o, s] = x[b, 0]
+    ⋆ κ[s, 0, o]. Gradients reach x and the kernels."""
+    return _Lifting.apply(x, _lengths(lengths), *kernels)
+
+
+def _lengths(lengths) -> tuple:
+    return tuple(tuple(run_lengths) for run_lengths in lengths)
+
+
+def lifting_pooled_relu_moments(x: Tensor, kernels, lengths, increasing: Tensor, rows, cols):
     """`lifting` followed by `cpu_kernels.pooled_relu_moments` (the toy model's training head up
     to batch norm) -> (pooled [B, Cout, rows, cols], mean [Cout], variance [Cout]), the same
-    values and gradients, with the gradient handed to the transform without a padding copy."""
-    return _LiftingPooledReluMoments.apply(x, kernel, tuple(lengths), increasing, rows, cols)
+    values and gradients, with the gradient handed to the transforms without a padding copy."""
+    lengths = _lengths(lengths)
+    return _LiftingPooledReluMoments.apply(x, lengths, increasing, rows, cols, *kernels)
 
 
-def lifting_scale_max_pool(x: Tensor, kernel: Tensor, lengths, rows: int, cols: int):
+def lifting_scale_max_pool(x: Tensor, kernels, lengths, rows: int, cols: int):
     """`lifting` followed by `cpu_kernels.scale_max_pool` (evaluation, no gradient), pass by
     pass: the head reads each pass's output from the cache, and the lifting's output is never
     whole -> (maxima, minima) [B, Cout, rows, cols]."""
-    height, width = x.shape[-2:]
-    x_hat = torch.fft.rfft2(x[:, 0], s=lengths)  # [B, k1, k2]
+    size = x.shape[-2:]
+    x_hats = _spectra(x, lengths)
     maxima, minima = [], []
-    for images in _passes(len(x), kernel):
+    for images in _passes(len(x), kernels):
         parts = []
-        for channels in _channel_groups(kernel):
-            y = _lift_pass(x_hat[images], kernel[channels], height, lengths[1])[..., :width]
+        for channels in _channel_groups(kernels):
+            y = _lift_runs(x_hats, kernels, lengths, size, images, channels)
             parts.append(scale_max_pool(y, rows, cols))
         maxima.append(torch.cat([part[0] for part in parts], dim=1))
         minima.append(torch.cat([part[1] for part in parts], dim=1))

@@ -165,26 +165,31 @@ def _kernels() -> dict:
                         row[k2] += g[b, o, s, k1, k2] * x[b, k1, k2].conjugate()
 
     @jit
-    def scale_max_pool(x, width, maxima, minima):
+    def scale_max_pool(parts, width, maxima, minima):
         """maxima, minima [B, C, R, Q] = max and min over each (H/R)×(W/Q) window of the max of
-        x [B, C, S, H, ≥W][..., :W] over S (a NaN anywhere in a window wins). Elementwise
-        across rows, with selections on `|` (the loops vectorise: 2.7x faster than reducing
-        each window row by row, measured); a window's columns are reduced at its last row."""
-        batch, channels, scales, height = x.shape[:4]
+        x [B, C, S, H, ≥W][..., :W] over S (a NaN anywhere in a window wins), x's scales given
+        as consecutive parts (a tuple of [B, C, S', H, ≥W]). Elementwise across rows, with
+        selections on `|` (the loops vectorise: 2.7x faster than reducing each window row by
+        row, measured); a window's columns are reduced at its last row."""
+        front = parts[0]
+        batch, channels, _, height = front.shape[:4]
         rows, cols = maxima.shape[2], maxima.shape[3]
         window_h, window_w = height // rows, width // cols
         for n in numba.prange(batch * channels):
             b, c = n // channels, n % channels
-            row = np.empty(width, dtype=x.dtype)
-            high = np.empty(width, dtype=x.dtype)  # per column, over the window's rows so far
-            low = np.empty(width, dtype=x.dtype)
+            row = np.empty(width, dtype=front.dtype)
+            high = np.empty(width, dtype=front.dtype)  # per column, over the window's rows so far
+            low = np.empty(width, dtype=front.dtype)
             for h in range(height):
                 for w in range(width):  # the scale max of one row, scale by scale
-                    row[w] = x[b, c, 0, h, w]
-                for s in range(1, scales):
-                    for w in range(width):
-                        u, v = x[b, c, s, h, w], row[w]
-                        row[w] = u if (u > v) | (u != u) else v
+                    row[w] = front[b, c, 0, h, w]
+                start = 1  # the first part's first scale is in `row` already
+                for x in parts:
+                    for s in range(start, x.shape[2]):
+                        for w in range(width):
+                            u, v = x[b, c, s, h, w], row[w]
+                            row[w] = u if (u > v) | (u != u) else v
+                    start = 0
                 if h % window_h == 0:
                     high[:] = row
                     low[:] = row
@@ -204,35 +209,40 @@ def _kernels() -> dict:
                         maxima[b, c, i, j], minima[b, c, i, j] = top, bottom
 
     @jit
-    def relu_max_pool_moments(x, width, increasing, pooled, position, relu_max, index, sums):
+    def relu_max_pool_moments(parts, width, increasing, pooled, position, relu_max, index, sums):
         """Per plane (b, c): r = relu(max of x [B, C, S, H, ≥W][..., :W] over S) and its first
-        arg-max scale (relu_max, index [B, C, H, W]); pooled [B, C, R, Q] = the max of r over every
-        (H/R)×(W/Q) window where increasing[c], else the min, at position h·W + w (the first
-        in row-major order, as adaptive max pooling's; a NaN wins); sums [B, C, 2] = Σ r and
-        Σ r² in float64."""
-        batch, channels, scales, height = x.shape[:4]
+        arg-max scale (relu_max, index [B, C, H, W]), x's scales given as consecutive parts (a
+        tuple of [B, C, S', H, ≥W]); pooled [B, C, R, Q] = the max of r over every (H/R)×(W/Q)
+        window where increasing[c], else the min, at position h·W + w (the first in row-major
+        order, as adaptive max pooling's; a NaN wins); sums [B, C, 2] = Σ r and Σ r² in
+        float64."""
+        front = parts[0]
+        batch, channels, _, height = front.shape[:4]
         rows, cols = pooled.shape[2], pooled.shape[3]
         window_h, window_w = height // rows, width // cols
         for n in numba.prange(batch * channels):
             b, c = n // channels, n % channels
             up = increasing[c]
-            row = np.empty(width, dtype=x.dtype)
+            row = np.empty(width, dtype=front.dtype)
             arg = np.empty(width, dtype=np.uint8)
             # Per column: the sums, and the extreme over the window's rows so far and its row
             # (elementwise across a row, so the loops vectorise; a window's columns are reduced
             # once, at its last row).
             total = np.zeros(width, dtype=np.float64)
             squares = np.zeros(width, dtype=np.float64)
-            best = np.empty(width, dtype=x.dtype)
+            best = np.empty(width, dtype=front.dtype)
             best_row = np.empty(width, dtype=np.int64)
             for h in range(height):
                 for w in range(width):  # the scale max of one row, scale by scale
-                    row[w], arg[w] = x[b, c, 0, h, w], 0
-                for s in range(1, scales):
-                    for w in range(width):
-                        u, v = x[b, c, s, h, w], row[w]
-                        if u > v or (u != u and v == v):  # the first NaN wins
-                            row[w], arg[w] = u, s
+                    row[w], arg[w] = front[b, c, 0, h, w], 0
+                start, offset = 1, 0  # the first part's first scale is in `row` already
+                for x in parts:
+                    for s in range(start, x.shape[2]):
+                        for w in range(width):
+                            u, v = x[b, c, s, h, w], row[w]
+                            if u > v or (u != u and v == v):  # the first NaN wins
+                                row[w], arg[w] = u, offset + s
+                    start, offset = 0, offset + x.shape[2]
                 for w in range(width):
                     v = row[w]
                     r = v if v > 0 or v != v else 0.0  # ReLU (NaN stays NaN)
@@ -265,10 +275,11 @@ def _kernels() -> dict:
             sums[b, c, 0], sums[b, c, 1] = total.sum(), squares.sum()
 
     @jit
-    def relu_max_pool_moments_grad(g_pooled, position, relu_max, index, offset, slope, out):
+    def relu_max_pool_moments_grad(g_pooled, position, relu_max, index, offset, slope, first, out):
         """out[b, c, s, h, w] = offset[c] + slope[c] · r (+ g_pooled where (h, w) is its
-        window's position) where s is the arg-max scale and r = relu_max[b, c, h, w] > 0, else
-        0; and 0 beyond H × W (out may be a larger, zero-padded buffer)."""
+        window's position) where first + s is the arg-max scale and r = relu_max[b, c, h, w] >
+        0, else 0; and 0 beyond H × W (out may be a larger, zero-padded buffer, and hold the
+        scales first … first + S' − 1 only)."""
         batch, channels, height, width = relu_max.shape
         scales, length_h, length_w = out.shape[2], out.shape[3], out.shape[4]
         rows, cols = g_pooled.shape[2], g_pooled.shape[3]
@@ -278,7 +289,7 @@ def _kernels() -> dict:
                 for h in range(height):
                     for w in range(width):
                         r = relu_max[b, c, h, w]
-                        chosen = index[b, c, h, w] == s and r > 0
+                        chosen = index[b, c, h, w] == first + s and r > 0
                         out[b, c, s, h, w] = offset[c] + slope[c] * r if chosen else 0.0
                     for w in range(width, length_w):
                         out[b, c, s, h, w] = 0
@@ -288,8 +299,9 @@ def _kernels() -> dict:
             for i in range(rows):
                 for j in range(cols):
                     h, w = position[b, c, i, j] // width, position[b, c, i, j] % width
-                    if relu_max[b, c, h, w] > 0:
-                        out[b, c, index[b, c, h, w], h, w] += g_pooled[b, c, i, j]
+                    s = np.int64(index[b, c, h, w]) - first
+                    if relu_max[b, c, h, w] > 0 and 0 <= s < scales:
+                        out[b, c, s, h, w] += g_pooled[b, c, i, j]
 
     @jit
     def bias_relu_pool(x, width, bias, out, index):
@@ -368,12 +380,19 @@ def _kernels() -> dict:
     }
 
 
+def _numpy(a):
+    """A tensor (or a tuple of them) as numpy views, anything else as it is."""
+    if isinstance(a, tuple):
+        return tuple(map(_numpy, a))
+    return a.detach().numpy() if isinstance(a, Tensor) else a
+
+
 def _run(kernel: str, *args) -> None:
-    """One kernel on CPU tensors (as numpy views, no copies; the last ones are written) and
-    integers, with torch's thread count."""
+    """One kernel on CPU tensors (as numpy views, no copies; the last ones are written), tuples
+    of them and integers, with torch's thread count."""
     numba = _numba()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _kernels()[kernel](*(a.detach().numpy() if isinstance(a, Tensor) else a for a in args))
+    _kernels()[kernel](*map(_numpy, args))
 
 
 def _dense(t: Tensor) -> Tensor:
@@ -461,16 +480,27 @@ def add_lifting_kernel_grad(g_hat: Tensor, x_hat: Tensor, total: Tensor) -> None
     _run("lifting_kernel_grad", _dense(g_hat), _dense(x_hat), total)
 
 
-def scale_max_pool(x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor]:
-    """x [B, C, S, H, W] (real, CPU, any strides; H, W multiples of rows, cols) -> (maxima,
-    minima) [B, C, rows, cols]: the max and the min over every (H/rows)×(W/cols) window of
-    x.max(dim=2), as adaptive max and min pooling would give them (a NaN propagates). No
-    gradient (evaluation)."""
-    batch, channels = x.shape[:2]
-    maxima = x.new_empty(batch, channels, rows, cols)
+def _parts(x) -> tuple:
+    """x [B, C, S, H, W], or its scales in consecutive parts (a list of [B, C, S', H, W] of one
+    dtype), as the C-contiguous buffers the kernels read (`_padded_rows`)."""
+    return tuple(map(_padded_rows, x if isinstance(x, (list, tuple)) else [x]))
+
+
+def scale_max_pool(x, rows: int, cols: int) -> tuple[Tensor, Tensor]:
+    """x [B, C, S, H, W] (real, CPU, any strides; H, W multiples of rows, cols), or its scales
+    in consecutive parts (a list) -> (maxima, minima) [B, C, rows, cols]: the max and the min
+    over every (H/rows)×(W/cols) window of x.max(dim=2), as adaptive max and min pooling would
+    give them (a NaN propagates). No gradient (evaluation)."""
+    parts = _parts(x)
+    batch, channels = parts[0].shape[:2]
+    maxima = parts[0].new_empty(batch, channels, rows, cols)
     minima = torch.empty_like(maxima)
-    _run("scale_max_pool", _padded_rows(x), x.shape[-1], maxima, minima)
+    _run("scale_max_pool", parts, _width(x), maxima, minima)
     return maxima, minima
+
+
+def _width(x) -> int:
+    return (x[0] if isinstance(x, (list, tuple)) else x).shape[-1]
 
 
 def scale_max(x: Tensor) -> Tensor:
@@ -490,13 +520,14 @@ def relu_max_pool_moments_outputs(x_shape, dtype, rows: int, cols: int) -> tuple
     return pooled, position, relu_max, index, sums
 
 
-def relu_max_pool_moments_into(x: Tensor, increasing: Tensor, outputs: tuple) -> None:
+def relu_max_pool_moments_into(x, increasing: Tensor, outputs: tuple) -> None:
     """Per image of x [B, C, S, H, W] (real, CPU, any strides, S < 256; H, W multiples of the
-    pool's rows, cols), into `outputs` (`relu_max_pool_moments_outputs`, or the same images'
-    slices of them): r = relu(x.max(dim=2)) and its arg-max scale, the max of r over every pool
-    window where increasing[c] (bool [C]), else the min, and its first place, and Σ r, Σ r²."""
+    pool's rows, cols), or of its scales in consecutive parts (a list), into `outputs`
+    (`relu_max_pool_moments_outputs`, or the same images' slices of them): r =
+    relu(x.max(dim=2)) and its arg-max scale, the max of r over every pool window where
+    increasing[c] (bool [C]), else the min, and its first place, and Σ r, Σ r²."""
     increasing = increasing.detach().to(torch.bool).contiguous()
-    _run("relu_max_pool_moments", _padded_rows(x), x.shape[-1], increasing, *outputs)
+    _run("relu_max_pool_moments", _parts(x), _width(x), increasing, *outputs)
 
 
 def relu_max_pool_moments_result(outputs: tuple, dtype) -> tuple:
@@ -519,11 +550,14 @@ def relu_max_pool_moments(x: Tensor, increasing: Tensor, rows: int, cols: int):
     return relu_max_pool_moments_result(outputs, x.dtype)
 
 
-def relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_variance, count, out):
-    """The gradient of `relu_max_pool_moments` with respect to x, written into out [B, C, S,
-    L_H, L_W] (L ≥ H, W; zero beyond): ∂mean/∂r = 1/N, ∂variance/∂r = 2 (r − mean)/N (N =
-    `count`, B·H·W of the whole batch: saved and grad_pooled may be some images' slices),
-    ∂pooled/∂r = 1 at each window's position, through ReLU and the arg-max scale."""
+def relu_max_pool_moments_grad(
+    saved, mean, grad_pooled, grad_mean, grad_variance, count, out, first: int = 0
+):
+    """The gradient of `relu_max_pool_moments` with respect to x, written into out [B, C, S',
+    L_H, L_W] (L ≥ H, W; zero beyond) for the scales first … first + S' − 1: ∂mean/∂r = 1/N,
+    ∂variance/∂r = 2 (r − mean)/N (N = `count`, B·H·W of the whole batch: saved and
+    grad_pooled may be some images' slices), ∂pooled/∂r = 1 at each window's position, through
+    ReLU and the arg-max scale."""
     position, relu_max, index = saved
     zeros = mean.new_zeros(mean.shape)
     grad_mean = zeros if grad_mean is None else grad_mean
@@ -533,7 +567,7 @@ def relu_max_pool_moments_grad(saved, mean, grad_pooled, grad_mean, grad_varianc
     offset = ((grad_mean - 2 * grad_variance * mean) / count).to(out.dtype).contiguous()
     slope = (2 * grad_variance / count).to(out.dtype).contiguous()
     coefficients = (offset, slope)
-    _run("relu_max_pool_moments_grad", _dense(grad_pooled), *saved, *coefficients, out)
+    _run("relu_max_pool_moments_grad", _dense(grad_pooled), *saved, *coefficients, first, out)
     return out
 
 

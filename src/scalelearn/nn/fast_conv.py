@@ -253,18 +253,23 @@ def _fft_plan(basis: ScaleBasis, height: int, width: int, rule: str = "any"):
 
 def _fft_runs(basis: ScaleBasis, height: int, width: int, rule: str = "any"):
     """-> [((first, stop), lengths, halves)]: the scales first ≤ s < stop whose transforms run
-    together, at their lengths and half sizes. Under rule "cpu" (SESN's H→H layers on the CPU)
-    each run of consecutive scales whose own kernels (cropped to their supports,
-    `hermite.supports`) need the same lengths: a small scale's circular convolution needs
-    shorter transforms than the largest kernel's (SESN's conv3 at 14², K 25, supports 13 / 15 /
-    19 / 25: lengths 20, 24, 24, 28 instead of 28 for all four; 0.75 of the spectrum, and
-    conv2's at 28² 0.91). `e5_sesn`, one process alternating (2 threads, 2026-11-27): training
-    steps 475-501 -> 417-432 ms, evaluation of 256 images 1.27-1.46 -> 1.16-1.25 s. Otherwise
-    one run of every scale at `_fft_plan`'s lengths (CUDA: one call per layer; the CPU lifting:
-    one spectrum for `cpu_fft`)."""
-    if rule != "cpu":
-        lengths, halves = _fft_plan(basis, height, width, rule)
-        return [((0, basis.profiles.shape[0]), lengths, halves)]
+    together, at their lengths and half sizes. On the CPU, each run of consecutive scales whose
+    own kernels (cropped to their supports, `hermite.supports`) need the same lengths: a small
+    scale's circular convolution needs shorter transforms than the largest kernel's.
+    - rule "cpu" (SESN's H→H layers): conv3 at 14², K 25, supports 13 / 15 / 19 / 25: lengths
+      20, 24, 24, 28 instead of 28 for all four, 0.75 of the spectrum; conv2 at 28² 0.91.
+      `e5_sesn`, one process alternating (2 threads, 2026-11-27): training steps 475-501 ->
+      417-432 ms, evaluation of 256 images 1.27-1.46 -> 1.16-1.25 s.
+    - rule "cpu_lifting" (the toy model's heads, `_cpu_fft_lifting`): where the runs' spectra
+      come to at most _LIFTING_RUNS_SHARE of one run's. Toy steps / evaluation calls of 256
+      images alternating (2 threads, ms): E3's worst case (168², K 193, σ 4 / 9.8 / 24:
+      lengths 192, 216, 288, 0.67 of the spectrum) 110-131 -> 77-87 / 1211-1442 -> 881-1172;
+      at 84² (K 97, 96 / 108 / 144) 23-25 -> 20 / 237-290 -> 187-202; `e2_toy_84` (0.86) 19-23
+      -> 16-20 / 178-332 -> 176-190; `e2_toy` at K 51 (180 / 192 / 216, 0.83) 61-77 -> 55-78 /
+      704-956 -> 674-956, a tie; at K 49 (180 / 192 / 192) 0.96.
+    Otherwise (rule "any": CUDA, one call per layer) one run at `_fft_plan`'s lengths."""
+    if rule == "any":
+        return _whole_run(basis, height, width, rule)
     runs = []
     for scale, half in enumerate(_half_sizes(basis, height, width)):
         lengths = (_fft_size(height + half[0], rule), _fft_size(width + half[1], rule))
@@ -273,7 +278,35 @@ def _fft_runs(basis: ScaleBasis, height: int, width: int, rule: str = "any"):
             runs[-1] = ((first, scale + 1), lengths, tuple(map(max, widest, half)))
         else:
             runs.append(((scale, scale + 1), lengths, half))
+    whole = _whole_run(basis, height, width, rule)
+    if rule == "cpu_lifting" and _spectrum(runs) > _LIFTING_RUNS_SHARE * _spectrum(whole):
+        return whole
     return runs
+
+
+# The CPU lifting splits its scales into runs where that leaves at most this share of the
+# spectrum (`_fft_runs`): each run adds its own transform calls, kernel gradient and head pass.
+_LIFTING_RUNS_SHARE = 0.9
+
+
+def _spectrum(runs) -> int:
+    """The bins of one image's spectrum, for one channel, over every run."""
+    return sum((stop - first) * h * (w // 2 + 1) for (first, stop), (h, w), _ in runs)
+
+
+def _whole_run(basis: ScaleBasis, height: int, width: int, rule: str):
+    """[((0, S), lengths, halves)]: every scale in one run, at `_fft_plan`'s lengths."""
+    return [((0, basis.profiles.shape[0]), *_fft_plan(basis, height, width, rule))]
+
+
+def _joined_runs(basis: ScaleBasis, height: int, width: int, rule: str):
+    """The runs of `_fft`, whose output is one tensor: `_fft_runs`, but one run for the CPU
+    lifting, where joining the runs' outputs took about what the shorter transforms saved
+    (SESN's lifting, `e5_sesn` alternating, 2 threads: training +2-3 %, evaluation +2 %). The toy
+    model's heads read each run's output in place (`_cpu_fft_lifting`)."""
+    if rule == "cpu_lifting":
+        return _whole_run(basis, height, width, rule)
+    return _fft_runs(basis, height, width, rule)
 
 
 def _function_spectra(weight: Tensor, basis: ScaleBasis, lengths, halves, scales=None):
@@ -342,15 +375,21 @@ def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves, scales)
     return torch.view_as_complex(spectrum.view(*spectra.shape[:3], in_channels, out_channels, 2))
 
 
-def _lifting_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves) -> Tensor:
-    """weight [Cout, 1, F] -> kernel spectra [Cout, S, L_W//2 + 1, L_H] (complex), the layout of
-    `cpu_fft.lifting` (the H frequencies last)."""
-    rows, cols = _function_spectra(weight, basis, lengths, halves)
+def _lifting_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves, scales) -> Tensor:
+    """weight [Cout, 1, F] -> kernel spectra [Cout, S', L_W//2 + 1, L_H] (complex) of the scales
+    first ≤ s < stop, the layout of `cpu_fft.lifting` (the H frequencies last)."""
+    rows, cols = _function_spectra(weight, basis, lengths, halves, scales)
     # [S, F, L_H] and [S, F, k2] -> [F, S, k2, L_H]
     functions = cols.transpose(0, 1)[..., None] * rows.transpose(0, 1)[:, :, None]
     count = weight.shape[-1]
     spectrum = weight.reshape(-1, count) @ torch.view_as_real(functions).reshape(count, -1)
     return torch.view_as_complex(spectrum.view(weight.shape[0], *functions.shape[1:], 2))
+
+
+def _lifting_spectra(weight: Tensor, basis: ScaleBasis, runs) -> tuple[list, list]:
+    """-> (kernels, lengths) of `cpu_fft.lifting`, one of each per run of scales."""
+    kernels = [_reused(_lifting_spectrum, weight, basis, *run[1:], run[0]) for run in runs]
+    return kernels, [lengths for _, lengths, _ in runs]
 
 
 def _cpu_lifting(x: Tensor, weight: Tensor) -> bool:
@@ -369,10 +408,10 @@ def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     """2-D FFT convolution -> [B, Cout, S, H, W], run by run of scales (`_fft_runs`)."""
     height, width = x.shape[-2:]
     rule = _fft_rule(x, weight)
+    runs = _joined_runs(basis, height, width, rule)
     if rule == "cpu_lifting":
-        lengths, halves = _fft_plan(basis, height, width, rule)
-        return lifting(x, _reused(_lifting_spectrum, weight, basis, lengths, halves), lengths)
-    ys = [_fft_run(x, weight, basis, *run) for run in _fft_runs(basis, height, width, rule)]
+        return lifting(x, *_lifting_spectra(weight, basis, runs))
+    ys = [_fft_run(x, weight, basis, *run) for run in runs]
     return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
 
@@ -633,7 +672,8 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
 
     lifting = _cpu_lifting(x, weight)
     costs["fft"] = 0.0
-    for (first, stop), (length_h, length_w), _ in _fft_runs(
+    # The toy model's heads lift by `_fft_runs`, a little faster than this estimate.
+    for (first, stop), (length_h, length_w), _ in _joined_runs(
         basis, height, width, _fft_rule(x, weight)
     ):
         run = stop - first
@@ -710,7 +750,7 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
         y_hat = batch * out_channels * scales * bins * complex_
         # x̂ and its batched layout, ŷ, its layout for the inverse FFT and the one inside it,
         # and where scales run apart, their outputs' concatenation.
-        concatenated = outputs * real if len(_fft_runs(basis, height, width, rule)) > 1 else 0
+        concatenated = outputs * real if len(_joined_runs(basis, height, width, rule)) > 1 else 0
         inverse = batch * out_channels * scales * length_h * length_w * real
         return 2 * x_hat + 3 * y_hat + inverse + concatenated
     bins = length_w // 2 + 1
@@ -768,9 +808,8 @@ def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
     if method != "fft" or not _cpu_lifting(x, weight):
         return None
     dtype = _spectral_dtype(x, weight)
-    lengths, halves = _fft_plan(basis, *x.shape[-2:], "cpu_lifting")
-    kernel = _reused(_lifting_spectrum, weight.to(dtype), basis, lengths, halves)
-    return x.to(dtype), kernel, lengths
+    runs = _fft_runs(basis, *x.shape[-2:], "cpu_lifting")
+    return x.to(dtype), *_lifting_spectra(weight.to(dtype), basis, runs)
 
 
 def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Tensor, rows, cols):
