@@ -14,6 +14,8 @@ gradient Σ_b ĝ[b] · conj(x̂[b]) makes a batch-sized temporary. Here:
   numba pass (`cpu_kernels.add_lifting_kernel_grad`); the scaling of the inverse's adjoint (2
   for the bins of the halved W axis that stand for two; the 1/(L_H·L_W) is the transform's
   norm="forward") is applied to the kernel-sized sum instead of the batch-sized spectrum;
+- runs: each run of scales at its own lengths (`fast_conv._fft_runs`), one kernel spectrum per
+  run; the heads read every run's output where its inverse transform left it;
 - passes: every step runs on a few images at a time (`PASS_BYTES` of spectrum), so that each
   transform reads what the step before wrote from the cache; the toy model's heads (training:
   `lifting_pooled_relu_moments`, evaluation: `lifting_scale_max_pool`) pool each pass's output

@@ -5,9 +5,10 @@ picks one per call from a cost estimate:
 - direct: per scale, one conv2d with κ_s cropped to its support n_s (values outside are exactly
   zero) and to the image (offsets beyond ±(H−1) never meet a pixel); padding = the crop's half size.
 - fft: circular convolution over (H, W) at lengths L ≥ H + K//2, long enough that no wrap-around
-  reaches the H×W outputs. Every basis function is separable, so its 2-D spectrum is the outer
-  product of two 1-D spectra of its profiles; the channel sum is a matmul per frequency. On the
-  CPU the lifting of one channel is one autograd function in layouts chosen for the transforms
+  reaches the H×W outputs; on the CPU each run of scales at the lengths its own supports need
+  (`_fft_runs`). Every basis function is separable, so its 2-D spectrum is the outer product of
+  two 1-D spectra of its profiles; the channel sum is a matmul per frequency. On the CPU the
+  lifting of one channel is one autograd function in layouts chosen for the transforms
   (`cpu_fft.lifting`).
 - rows: the rows (H axis) directly with every profile, then the columns (W axis) by a 1-D FFT
   whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
