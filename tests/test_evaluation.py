@@ -123,8 +123,10 @@ def test_evaluation_reuses_its_memory_from_call_to_call():
     allocator.reuse_freed_memory()
     cfg, size = MODELS["toy_learned"]
     model = trained_looking(cfg).eval()
-    x = torch.randn(48, 1, size, size)
-    evaluator = evaluation.ChunkedEvaluator(model, budget=4 * 2**20)
+    x = torch.randn(160, 1, size, size)
+    # Chunks of 16 MiB at most: a first call faults in thousands of pages whatever earlier tests
+    # left in the heap (with 4 MiB it touched ~1,000, where runs of scales use less).
+    evaluator = evaluation.ChunkedEvaluator(model, budget=16 * 2**20)
     assert evaluator.chunk(tuple(x.shape[1:])) < len(x)  # several chunks
 
     def faults_of_one_call() -> int:
