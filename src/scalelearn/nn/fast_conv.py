@@ -738,7 +738,8 @@ def working_bytes(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str | No
     (length_h, length_w), _ = _fft_plan(basis, height, width, rule)
     if rule == "cpu_lifting":
         # x̂, the output, and one pass's ŷ, its inverse along H, that inverse's copy for the one
-        # along W, and the pass's output (copied into the whole one where there are passes).
+        # along W, and the pass's output (copied into the whole one where there are passes), at
+        # the largest kernel's lengths (runs of smaller scales, `_fft_runs`, hold less).
         spectrum = out_channels * scales * length_h * (length_w // 2 + 1) * complex_
         output = out_channels * scales * height * length_w * real
         x_hat = spectrum // (out_channels * scales)
@@ -804,8 +805,9 @@ def _apply(
 
 
 def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
-    """(x, K̂, lengths) for `cpu_fft` in the spectral dtype where `method` (the cost model's
-    pick) is `fft` for a lifting on the CPU, else None."""
+    """(x, kernels K̂, lengths) for the toy model's heads in `cpu_fft`, in the spectral dtype, a
+    kernel and lengths per run of scales (`_fft_runs`), where `method` (the cost model's pick)
+    is `fft` for a lifting on the CPU, else None."""
     if method != "fft" or not _cpu_lifting(x, weight):
         return None
     dtype = _spectral_dtype(x, weight)
