@@ -92,6 +92,11 @@ def _scale_slices(kernels) -> list[slice]:
     return slices
 
 
+def _output_shape(x: Tensor, kernels) -> tuple:
+    """The lifting's output shape [B, Cout, S, H, W], S the runs' scales together."""
+    return (len(x), kernels[0].shape[0], _scale_slices(kernels)[-1].stop, *x.shape[-2:])
+
+
 def _paired_bins(length: int) -> slice:
     """The bins of a one-sided spectrum of `length` that stand for two (k and L − k): all but
     the DC bin and, for even L, the Nyquist bin."""
@@ -175,14 +180,11 @@ class _Lifting(torch.autograd.Function):
         if len(passes) == 1:
             y = _joined(_lift_runs(x_hats, kernels, lengths, size, passes[0]))
         else:
-            scales = sum(kernel.shape[1] for kernel in kernels)
-            y = x.new_empty(len(x), kernels[0].shape[0], scales, *size)
+            y = x.new_empty(_output_shape(x, kernels))
+            slices = _scale_slices(kernels)
             for images in passes:
-                for part, scales in zip(
-                    _lift_runs(x_hats, kernels, lengths, size, images),
-                    _scale_slices(kernels),
-                    strict=True,
-                ):
+                parts = _lift_runs(x_hats, kernels, lengths, size, images)
+                for part, scales in zip(parts, slices, strict=True):
                     y[images, :, scales] = part
         ctx.save_for_backward(*x_hats, *kernels)
         ctx.lengths, ctx.size = lengths, tuple(size)
@@ -211,9 +213,7 @@ class _LiftingPooledReluMoments(torch.autograd.Function):
     def forward(ctx, x: Tensor, lengths, increasing: Tensor, rows, cols, *kernels: Tensor):
         size = x.shape[-2:]
         x_hats = _spectra(x, lengths)
-        scales = sum(kernel.shape[1] for kernel in kernels)
-        shape = (len(x), kernels[0].shape[0], scales, *size)
-        outputs = relu_max_pool_moments_outputs(shape, x.dtype, rows, cols)
+        outputs = relu_max_pool_moments_outputs(_output_shape(x, kernels), x.dtype, rows, cols)
         for images in _passes(len(x), kernels):
             y = _lift_runs(x_hats, kernels, lengths, size, images)
             relu_max_pool_moments_into(y, increasing, [t[images] for t in outputs])

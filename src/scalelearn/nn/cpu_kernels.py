@@ -480,10 +480,11 @@ def add_lifting_kernel_grad(g_hat: Tensor, x_hat: Tensor, total: Tensor) -> None
     _run("lifting_kernel_grad", _dense(g_hat), _dense(x_hat), total)
 
 
-def _parts(x) -> tuple:
+def _parts(x) -> tuple[tuple, int]:
     """x [B, C, S, H, W], or its scales in consecutive parts (a list of [B, C, S', H, W] of one
-    dtype), as the C-contiguous buffers the kernels read (`_padded_rows`)."""
-    return tuple(map(_padded_rows, x if isinstance(x, (list, tuple)) else [x]))
+    dtype) -> (the C-contiguous buffers the kernels read (`_padded_rows`), W)."""
+    parts = list(x) if isinstance(x, (list, tuple)) else [x]
+    return tuple(map(_padded_rows, parts)), parts[0].shape[-1]
 
 
 def scale_max_pool(x, rows: int, cols: int) -> tuple[Tensor, Tensor]:
@@ -491,16 +492,12 @@ def scale_max_pool(x, rows: int, cols: int) -> tuple[Tensor, Tensor]:
     in consecutive parts (a list) -> (maxima, minima) [B, C, rows, cols]: the max and the min
     over every (H/rows)×(W/cols) window of x.max(dim=2), as adaptive max and min pooling would
     give them (a NaN propagates). No gradient (evaluation)."""
-    parts = _parts(x)
+    parts, width = _parts(x)
     batch, channels = parts[0].shape[:2]
     maxima = parts[0].new_empty(batch, channels, rows, cols)
     minima = torch.empty_like(maxima)
-    _run("scale_max_pool", parts, _width(x), maxima, minima)
+    _run("scale_max_pool", parts, width, maxima, minima)
     return maxima, minima
-
-
-def _width(x) -> int:
-    return (x[0] if isinstance(x, (list, tuple)) else x).shape[-1]
 
 
 def scale_max(x: Tensor) -> Tensor:
@@ -527,7 +524,7 @@ def relu_max_pool_moments_into(x, increasing: Tensor, outputs: tuple) -> None:
     relu(x.max(dim=2)) and its arg-max scale, the max of r over every pool window where
     increasing[c] (bool [C]), else the min, and its first place, and Σ r, Σ r²."""
     increasing = increasing.detach().to(torch.bool).contiguous()
-    _run("relu_max_pool_moments", _parts(x), _width(x), increasing, *outputs)
+    _run("relu_max_pool_moments", *_parts(x), increasing, *outputs)
 
 
 def relu_max_pool_moments_result(outputs: tuple, dtype) -> tuple:

@@ -279,9 +279,10 @@ def _fft_runs(basis: ScaleBasis, height: int, width: int, rule: str = "any"):
             runs[-1] = ((first, scale + 1), lengths, tuple(map(max, widest, half)))
         else:
             runs.append(((scale, scale + 1), lengths, half))
-    whole = _whole_run(basis, height, width, rule)
-    if rule == "cpu_lifting" and _spectrum(runs) > _LIFTING_RUNS_SHARE * _spectrum(whole):
-        return whole
+    if rule == "cpu_lifting":
+        whole = _whole_run(basis, height, width, rule)
+        if _spectrum(runs) > _LIFTING_RUNS_SHARE * _spectrum(whole):
+            return whole
     return runs
 
 
