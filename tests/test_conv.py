@@ -7,7 +7,15 @@ import torch.nn.functional as F
 
 from scalelearn.data.mnist import load_embedded
 from scalelearn.data.rescale import rescale_about_centre
-from scalelearn.nn import HermiteBasis, InternalScales, ScaleConvZ2H, SharedBasis, cpu_kernels
+from scalelearn.nn import (
+    HermiteBasis,
+    InternalScales,
+    ScaleConvH2H,
+    ScaleConvZ2H,
+    SharedBasis,
+    cpu_kernels,
+    fast_conv,
+)
 from scalelearn.nn.conv import h2h_dense, scale_max_projection, z2h_dense
 
 
@@ -199,6 +207,37 @@ def test_lifting_extremes_are_the_window_extremes_of_its_scale_max(implementatio
         expected = cpu_kernels.scale_max_pool(layer(x), 4, 3)
         for got, wanted in zip(layer(x, extremes=(4, 3)), expected, strict=True):
             torch.testing.assert_close(got, wanted, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["fft", "direct"])
+@pytest.mark.parametrize("layer_type", [ScaleConvZ2H, ScaleConvH2H])
+def test_relu_pool_is_max_pool_of_relu_of_the_output(layer_type, method, monkeypatch):
+    """layer(x, relu_pool=True) (SESN's block; CPU, fast, with a bias; after the lifting of one
+    channel by `fft`, pass by pass with it): max_pool3d(relu(layer(x)), (1, 2, 2)) with its
+    gradients, float64, odd sides floored; elsewhere a clear error."""
+    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: method)
+    torch.manual_seed(4)
+    basis = SharedBasis(
+        InternalScales("single_ratio_squared", 3, 1.0, 2.0), HermiteBasis("hermite_a", 5)
+    )
+    lifting = layer_type is ScaleConvZ2H
+    layer = layer_type(1 if lifting else 2, 4, basis, bias=True).double()
+    torch.nn.init.normal_(layer.bias)
+    shape = (3, 1, 20, 23) if lifting else (3, 2, 3, 20, 23)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 4, 3, 10, 11, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        layer.zero_grad()
+        x.grad = None
+        out = layer(x, relu_pool=True) if fused else F.max_pool3d(F.relu(layer(x)), (1, 2, 2))
+        out.backward(grad)
+        results.append((out, x.grad, *(p.grad for p in layer.parameters())))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="relu_pool=True needs"):
+        dense = layer_type(shape[1], 4, basis, bias=True, implementation="dense")
+        dense.double()(x, relu_pool=True)
 
 
 def test_cpu_kernels_read_the_lifting_rows_in_place():

@@ -568,6 +568,40 @@ def test_lifting_with_the_head_equals_lifting_then_head(runs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.parametrize("learn_kernels", [True, False], ids=["all", "bias only"])
+def test_lifting_with_the_sesn_block_equals_lifting_then_block(runs, learn_kernels, monkeypatch):
+    """cpu_fft.lifting_bias_relu_pool (SESN's first block; the gradient written into the
+    transforms' padded buffers, one per run of scales, image by image) against cpu_fft.lifting
+    followed by cpu_kernels.bias_relu_pool, float64: outputs and the gradients of x, the
+    kernels and the bias (also where only the bias takes one)."""
+    from scalelearn.nn.cpu_kernels import bias_relu_pool
+
+    monkeypatch.setattr(cpu_fft, "PASS_BYTES", 1)  # one image per pass
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 1, 12, 16, generator=generator, dtype=torch.float64)
+    kernels, lengths = _lifting_runs(generator, runs)
+    bias = torch.randn(3, generator=generator, dtype=torch.float64)
+    scales = 2 if runs == 1 else 3
+    grad = torch.randn(3, 3, scales, 6, 8, generator=generator, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [x.clone().requires_grad_(learn_kernels), bias.clone().requires_grad_(True)]
+        leaves += [kernel.clone().requires_grad_(learn_kernels) for kernel in kernels]
+        if fused:
+            out = cpu_fft.lifting_bias_relu_pool(leaves[0], leaves[2:], lengths, leaves[1])
+        else:
+            out = bias_relu_pool(cpu_fft.lifting(leaves[0], leaves[2:], lengths), leaves[1])
+        out.backward(grad)
+        assert 0 < (out > 0).float().mean() < 1  # the ReLU cuts some
+        results.append((out, *(leaf.grad for leaf in leaves)))
+    for a, b in zip(*results, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_lifting_runs_equal_one_run_at_the_largest_lengths():
     """A run of scales at its own, shorter lengths gives what the longest lengths give (the
     kernels of its scales are zero beyond their support): cpu_fft.lifting of a Hermite basis

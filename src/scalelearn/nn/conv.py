@@ -90,9 +90,23 @@ class _ScaleConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x: Tensor, add_bias: bool = True) -> Tensor:
+    def forward(self, x: Tensor, add_bias: bool = True, relu_pool: bool = False) -> Tensor:
+        """x -> the layer's output [B, Cout, S, H, W]; where `relu_pool` (CPU, fast
+        implementation, with a bias), max_pool3d(relu(output), (1, 2, 2)) [B, Cout, S, H/2,
+        W/2] (odd sides floored), SESN's block, in one pass each way (`cpu_kernels.bias_relu_pool`;
+        for the lifting, fused with it: `fast_conv.z2h_fast_bias_relu_pool`)."""
         self._check_input(x)
-        return self.convolve(x, self.basis(), add_bias)
+        if not relu_pool:
+            return self.convolve(x, self.basis(), add_bias)
+        if x.device.type != "cpu" or self.implementation != "fast" or self.bias is None:
+            raise ValueError(
+                "relu_pool=True needs a CPU input, implementation 'fast' and bias=True; "
+                "elsewhere apply F.relu and F.max_pool3d to the layer's output"
+            )
+        return self._bias_relu_pool(x, self.basis())
+
+    def _bias_relu_pool(self, x: Tensor, basis: ScaleBasis) -> Tensor:
+        return cpu_kernels.bias_relu_pool(self.convolve(x, basis, add_bias=False), self.bias)
 
     def convolve(self, x: Tensor, basis: ScaleBasis, add_bias: bool = True) -> Tensor:
         """The layer with an explicit basis of the shared scales (for callers that hold one
@@ -139,15 +153,20 @@ class ScaleConvZ2H(_ScaleConv):
     _which = 0
 
     def forward(
-        self, x: Tensor, add_bias: bool = True, extremes: tuple[int, int] | None = None
+        self,
+        x: Tensor,
+        add_bias: bool = True,
+        relu_pool: bool = False,
+        extremes: tuple[int, int] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """x [B, Cin, H, W] -> [B, Cout, S, H, W]; or, where `extremes` = (R, Q) is given (CPU,
+        """x [B, Cin, H, W] -> [B, Cout, S, H, W] (`relu_pool`: as `_ScaleConv.forward`'s);
+        or, where `extremes` = (R, Q) is given (CPU,
         without autograd: evaluation), (maxima, minima) [B, Cout, R, Q], the max and the min of
         the output's max over the scales in each (H/R)×(W/Q) window (H, W multiples of R, Q):
         for heads that pool right after the scale max (the toy model's), which then never hold
         the output whole (`fast_conv.z2h_fast_extremes`)."""
         if extremes is None:
-            return super().forward(x, add_bias)
+            return super().forward(x, add_bias, relu_pool)
         if torch.is_grad_enabled() or x.device.type != "cpu":
             raise RuntimeError(
                 "ScaleConvZ2H(extremes=...) has no gradient and runs on the CPU only: call it "
@@ -158,6 +177,9 @@ class ScaleConvZ2H(_ScaleConv):
         if self.implementation == "fast" and not (add_bias and self.bias is not None):
             return fast_conv.z2h_fast_extremes(x, self.weight, basis, *extremes)
         return cpu_kernels.scale_max_pool(self.convolve(x, basis, add_bias), *extremes)
+
+    def _bias_relu_pool(self, x: Tensor, basis: ScaleBasis) -> Tensor:
+        return fast_conv.z2h_fast_bias_relu_pool(x, self.weight, basis, self.bias)
 
 
 class ScaleConvH2H(_ScaleConv):

@@ -33,6 +33,9 @@ from torch import Tensor
 
 from scalelearn.nn.cpu_kernels import (
     add_lifting_kernel_grad,
+    bias_relu_pool_grad_into,
+    bias_relu_pool_into,
+    bias_relu_pool_outputs,
     relu_max_pool_moments_grad,
     relu_max_pool_moments_into,
     relu_max_pool_moments_outputs,
@@ -247,6 +250,52 @@ class _LiftingPooledReluMoments(torch.autograd.Function):
         return grad_x, None, None, None, None, *grad_kernels
 
 
+class _LiftingBiasReluPool(torch.autograd.Function):
+    """`_Lifting`, then `cpu_kernels.bias_relu_pool`, pass by pass: x, lengths, bias [Cout],
+    kernels -> [B, Cout, S, H/2, W/2]. As in `_LiftingPooledReluMoments`, the lifting's output
+    is never whole and the gradient goes straight into the transforms' zero-padded buffers."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lengths, bias: Tensor, *kernels: Tensor):
+        size = x.shape[-2:]
+        x_hats = _spectra(x, lengths)
+        out, index = bias_relu_pool_outputs(_output_shape(x, kernels), x.dtype)
+        slices = _scale_slices(kernels)
+        for images in _passes(len(x), kernels):
+            parts = _lift_runs(x_hats, kernels, lengths, size, images)
+            for part, scales in zip(parts, slices, strict=True):
+                bias_relu_pool_into(part, bias, out[images], index[images], scales.start)
+        ctx.save_for_backward(out, index, *x_hats, *kernels)
+        ctx.lengths, ctx.size = lengths, tuple(size)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        tensors, runs = ctx.saved_tensors, len(ctx.lengths)  # unpacked once (checkpointing)
+        out, index = tensors[:2]
+        x_hats, kernels = tensors[2 : 2 + runs], tensors[2 + runs :]
+        step = _passes(len(x_hats[0]), kernels)[0].stop
+        padded = [  # one pass's, per run
+            grad.new_empty(step, *kernel.shape[:2], *lengths)
+            for kernel, lengths in zip(kernels, ctx.lengths, strict=True)
+        ]
+        grad_bias = torch.zeros(out.shape[1], dtype=torch.float64)
+
+        def g_hat_of(images, run, scales):
+            part = padded[run][: images.stop - images.start]
+            saved = (out[images], index[images])
+            grad_bias.add_(bias_relu_pool_grad_into(grad[images], *saved, part, scales.start))
+            return torch.fft.rfft2(part, norm="forward")  # [b, Cout, S', k1, k2]
+
+        # The bias's gradient comes with the kernels': every pass of every run is visited.
+        needs = ctx.needs_input_grad
+        visit = [needs_kernel or needs[2] for needs_kernel in needs[3:]]
+        grad_x, grad_kernels = _lift_grads(ctx, x_hats, kernels, needs[0], visit, g_hat_of)
+        grad_kernels = [g if n else None for g, n in zip(grad_kernels, needs[3:], strict=True)]
+        grad_bias = grad_bias.to(grad.dtype) if needs[2] else None
+        return grad_x, None, grad_bias, *grad_kernels
+
+
 def lifting(x: Tensor, kernels, lengths) -> Tensor:
     """x [B, 1, H, W] (real, CPU); for each run of consecutive scales (`fast_conv._fft_runs`),
     kernel K̂ [Cout, S', k2, k1] (conj(DFT) of the kernels at that run's lengths (L_H, L_W): k1 =
@@ -265,6 +314,13 @@ def lifting_pooled_relu_moments(x: Tensor, kernels, lengths, increasing: Tensor,
     values and gradients, with the gradient handed to the transforms without a padding copy."""
     lengths = _lengths(lengths)
     return _LiftingPooledReluMoments.apply(x, lengths, increasing, rows, cols, *kernels)
+
+
+def lifting_bias_relu_pool(x: Tensor, kernels, lengths, bias: Tensor) -> Tensor:
+    """`lifting` followed by `cpu_kernels.bias_relu_pool` (SESN's first block: bias, ReLU, 2×2
+    max pool) -> [B, Cout, S, H/2, W/2], the same values and gradients (x, kernels, bias), each
+    pass's output pooled from the cache."""
+    return _LiftingBiasReluPool.apply(x, _lengths(lengths), bias, *kernels)
 
 
 def lifting_scale_max_pool(x: Tensor, kernels, lengths, rows: int, cols: int):

@@ -304,11 +304,11 @@ def _kernels() -> dict:
                         out[b, c, s, h, w] += g_pooled[b, c, i, j]
 
     @jit
-    def bias_relu_pool(x, width, bias, out, index):
-        """out [B, C, S, H/2, W/2] = relu(the max of x [B, C, S, H, ≥W][..., :W] + bias[c] over
-        every 2×2 window); index = the window's first arg-max, 0-3 in row-major order (a NaN
-        wins). Selections on `|` and `&` instead of branches on `or` and `and`: the loop
-        vectorises (3.6x faster, measured)."""
+    def bias_relu_pool(x, width, bias, first, out, index):
+        """out[:, :, first + s] [B, C, S', H/2, W/2] = relu(the max of x [B, C, S', H, ≥W][...,
+        :W] + bias[c] over every 2×2 window); index likewise = the window's first arg-max, 0-3
+        in row-major order (a NaN wins). Selections on `|` and `&` instead of branches on `or`
+        and `and`: the loop vectorises (3.6x faster, measured)."""
         batch, channels, scales = x.shape[:3]
         rows, cols = out.shape[3], out.shape[4]
         for n in numba.prange(batch * channels * scales):
@@ -316,7 +316,7 @@ def _kernels() -> dict:
             shift = bias[c]
             for i in range(rows):
                 top, bottom = x[b, c, s, 2 * i], x[b, c, s, 2 * i + 1]
-                values, places = out[b, c, s, i], index[b, c, s, i]
+                values, places = out[b, c, first + s, i], index[b, c, first + s, i]
                 for j in range(cols):
                     best, k = top[2 * j] + shift, np.uint8(0)
                     v = top[2 * j + 1] + shift
@@ -332,10 +332,11 @@ def _kernels() -> dict:
                     places[j] = k
 
     @jit
-    def bias_relu_pool_grad(g, out, index, grad_x, grad_bias):
-        """grad_x [B, C, S, H, W] = g at each window's arg-max where out > 0, else 0;
-        grad_bias [B, C, S] = Σ of those (float64)."""
-        batch, channels, scales, height, width = grad_x.shape
+    def bias_relu_pool_grad(g, out, index, first, grad_x, grad_bias):
+        """grad_x [B, C, S', ≥H, ≥W] = g[:, :, first + s] at each window's arg-max where out >
+        0, else 0 (also beyond H × W: grad_x may be a larger, zero-padded buffer); grad_bias
+        [B, C, S'] = Σ of those (float64)."""
+        batch, channels, scales = grad_x.shape[:3]
         rows, cols = out.shape[3], out.shape[4]
         for n in numba.prange(batch * channels * scales):
             b, c, s = n // (channels * scales), (n // scales) % channels, n % scales
@@ -344,8 +345,8 @@ def _kernels() -> dict:
             for i in range(rows):
                 top, bottom = grad_x[b, c, s, 2 * i], grad_x[b, c, s, 2 * i + 1]
                 for j in range(cols):
-                    v = g[b, c, s, i, j] if out[b, c, s, i, j] > 0 else 0.0
-                    k = index[b, c, s, i, j]
+                    v = g[b, c, first + s, i, j] if out[b, c, first + s, i, j] > 0 else 0.0
+                    k = index[b, c, first + s, i, j]
                     top[2 * j] = v if k == 0 else 0.0
                     top[2 * j + 1] = v if k == 1 else 0.0
                     bottom[2 * j] = v if k == 2 else 0.0
@@ -600,14 +601,34 @@ def pooled_relu_moments(x: Tensor, increasing: Tensor, rows: int, cols: int, wid
     return _ReluMaxPoolMoments.apply(x, increasing, rows, cols, width)
 
 
+def bias_relu_pool_outputs(shape, dtype) -> tuple[Tensor, Tensor]:
+    """The (out, index) buffers of `bias_relu_pool_into` for an input [B, C, S, H, W]."""
+    batch, channels, scales, height, width = shape
+    out = torch.empty(batch, channels, scales, height // 2, width // 2, dtype=dtype)
+    return out, torch.empty(out.shape, dtype=torch.uint8)
+
+
+def bias_relu_pool_into(x: Tensor, bias: Tensor, out: Tensor, index: Tensor, first: int = 0):
+    """The forward of `bias_relu_pool` for x [B, C, S', H, W] (any strides), written into the
+    scales first … first + S' − 1 of out and index [B, C, S, H/2, W/2] (C-contiguous)."""
+    bias = bias.detach().to(x.dtype).contiguous()
+    _run("bias_relu_pool", _padded_rows(x), x.shape[-1], bias, first, out, index)
+
+
+def bias_relu_pool_grad_into(grad: Tensor, out: Tensor, index: Tensor, grad_x: Tensor, first=0):
+    """The backward of `bias_relu_pool` for the scales first … first + S' − 1 of grad, out and
+    index [B, C, S, H/2, W/2]: writes ∂x into grad_x [B, C, S', ≥H, ≥W] (C-contiguous; zeros
+    beyond H × W) -> ∂bias [C] (float64)."""
+    grad_bias = torch.empty(grad_x.shape[:3], dtype=torch.float64)
+    _run("bias_relu_pool_grad", _dense(grad), out, index, first, grad_x, grad_bias)
+    return grad_bias.sum((0, 2))
+
+
 class _BiasReluPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, bias: Tensor) -> Tensor:
-        batch, channels, scales, height, width = x.shape
-        out = x.new_empty(batch, channels, scales, height // 2, width // 2)
-        index = torch.empty(out.shape, dtype=torch.uint8)
-        bias = bias.detach().to(x.dtype).contiguous()
-        _run("bias_relu_pool", _padded_rows(x), width, bias, out, index)
+        out, index = bias_relu_pool_outputs(x.shape, x.dtype)
+        bias_relu_pool_into(x, bias, out, index)
         ctx.save_for_backward(out, index)
         ctx.input_shape = x.shape
         return out
@@ -616,9 +637,8 @@ class _BiasReluPool(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         out, index = ctx.saved_tensors
         grad_x = grad.new_empty(ctx.input_shape)
-        grad_bias = torch.empty(ctx.input_shape[:3], dtype=torch.float64)
-        _run("bias_relu_pool_grad", _dense(grad), out, index, grad_x, grad_bias)
-        return grad_x, grad_bias.sum((0, 2)).to(grad.dtype)
+        grad_bias = bias_relu_pool_grad_into(grad, out, index, grad_x)
+        return grad_x, grad_bias.to(grad.dtype)
 
 
 def bias_relu_pool(x: Tensor, bias: Tensor) -> Tensor:

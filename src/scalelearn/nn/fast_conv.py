@@ -40,10 +40,12 @@ from torch import Tensor, nn
 from scalelearn.nn.cpu_fft import (
     images_per_pass,
     lifting,
+    lifting_bias_relu_pool,
     lifting_pooled_relu_moments,
     lifting_scale_max_pool,
 )
 from scalelearn.nn.cpu_kernels import (
+    bias_relu_pool,
     channel_mix,
     pooled_relu_moments,
     scale_max_pool,
@@ -846,6 +848,19 @@ def z2h_fast_extremes(x: Tensor, weight: Tensor, basis: ScaleBasis, rows: int, c
         if plan is not None:
             return lifting_scale_max_pool(*plan, rows, cols)
     return scale_max_pool(_apply(x, weight, basis, method), rows, cols)
+
+
+def z2h_fast_bias_relu_pool(x: Tensor, weight: Tensor, basis: ScaleBasis, bias: Tensor):
+    """`z2h_fast`, then `cpu_kernels.bias_relu_pool` (CPU): x [B, 1, H, W] -> [B, Cout, S, H/2,
+    W/2], max_pool3d(relu(lifting + bias), (1, 2, 2)), SESN's first block. Where `fft` lifts on
+    the CPU, the two run pass by pass (`cpu_fft.lifting_bias_relu_pool`): the lifting's output
+    is never whole, and its gradient goes straight into the transforms' padded input."""
+    method = _choose(x, weight, basis)
+    with torch.autocast("cpu", enabled=False):
+        plan = _cpu_fft_lifting(x, weight, basis, method)
+        if plan is not None:
+            return lifting_bias_relu_pool(*plan, bias)
+    return bias_relu_pool(_apply(x, weight, basis, method), bias)
 
 
 def z2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:

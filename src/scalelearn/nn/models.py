@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from scalelearn.nn import cpu_kernels, fast_conv
+from scalelearn.nn import fast_conv
 from scalelearn.nn.compiled import CompiledOnCuda
 from scalelearn.nn.conv import (
     ScaleConvH2H,
@@ -474,12 +474,14 @@ class SESNNet(ScaleEquivariantNet):
         """pool(relu(conv(x))). On the CPU (fast layers) the bias, ReLU and pool are one numba
         pass each way (`cpu_kernels.bias_relu_pool`): the same values and gradients, where the
         bias's addition, ReLU and max_pool3d (one thread per plane, with int64 indices) took a
-        tenth of SESN's training step, forward and backward."""
+        tenth of SESN's training step, forward and backward; after the `fft` lifting (conv1),
+        pass by pass with it (`cpu_fft.lifting_bias_relu_pool`), so that its output is never
+        whole."""
         fused = x.device.type == "cpu" and conv.implementation == "fast" and conv.bias is not None
         if not fused or torch.compiler.is_compiling():
             return self._pool(F.relu(conv(x)))
         # Through the module, so that its hooks see the call (evaluation's memory probe).
-        return cpu_kernels.bias_relu_pool(conv(x, add_bias=False), conv.bias)
+        return conv(x, relu_pool=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
