@@ -1,4 +1,5 @@
-"""The `fft` method's lifting of one channel on the CPU, with its gradient written out.
+"""The `fft` method on the CPU with its gradient written out: the lifting of one channel, and
+the H→H layers (`h2h`, SESN's conv2 and conv3).
 
 fast_conv's `fft` method computes y = irfft2(rfft2(x) · K̂)[:H, :W]. For the lifting of one
 input channel (the toy model's only layer, SESN's first) the product is a broadcast over the
@@ -23,6 +24,14 @@ gradient Σ_b ĝ[b] · conj(x̂[b]) makes a batch-sized temporary. Here:
   channels where its spectrum alone exceeds `PASS_BYTES`. A pass's numbers are those of the whole
   batch (every step but the kernel's gradient is per image and channel, and that one sums the
   images in order).
+The H→H layers (`h2h`): per run of scales, rfft2, a transposing copy into the batched matmul's
+layout (frequency first), the matmul over the input channels and irfft2, each run written into
+one output. Autograd's backward of that chain zero-filled and copied the gradient once per
+cropped axis and per run's slice of the input, took the adjoint of rfft2 as a full complex
+transform, and doubled the paired bins of the batch-sized spectrum; here ∂y is padded once by
+rfft2 itself, the adjoint of rfft2 is irfft2 (the bins' doubling and halving cancel), and the
+doubling goes to the kernel-sized gradient. `e5_sesn`'s training step, one process alternating
+(2 threads, 2026-11-27): 402-426 -> 390-404 ms.
 Measured against the autograd chain: README "Throughput". CUDA tensors never come here.
 """
 
@@ -41,6 +50,7 @@ from scalelearn.nn.cpu_kernels import (
     relu_max_pool_moments_outputs,
     relu_max_pool_moments_result,
     scale_max_pool,
+    transposed,
 )
 
 # The images of one pass of the transforms: as many as keep the pass's spectrum within this many
@@ -294,6 +304,94 @@ class _LiftingBiasReluPool(torch.autograd.Function):
         grad_kernels = [g if n else None for g, n in zip(grad_kernels, needs[3:], strict=True)]
         grad_bias = grad_bias.to(grad.dtype) if needs[2] else None
         return grad_x, None, grad_bias, *grad_kernels
+
+
+class _H2H(torch.autograd.Function):
+    """x [B, Cin, S, H, W], lengths, kernels K̂ [S', k1, k2, Cin, Cout] of each run of scales
+    -> y [B, Cout, S, H, W]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lengths, *kernels: Tensor) -> Tensor:
+        batch, in_channels, scales, height, width = x.shape
+        out_channels = kernels[0].shape[-1]
+        parts, transposed_spectra = [], []
+        for kernel, run_lengths, run in zip(kernels, lengths, _h2h_scales(kernels), strict=True):
+            x_hat = torch.fft.rfft2(x[:, :, run], s=run_lengths)  # [B, Cin, S', k1, k2]
+            a = transposed(x_hat.view(batch * in_channels, -1)).view(-1, batch, in_channels)
+            y_hat = torch.bmm(a, kernel.view(-1, in_channels, out_channels))  # [N, B, Cout]
+            y_hat = y_hat.view(*kernel.shape[:3], batch, out_channels).permute(3, 4, 0, 1, 2)
+            parts.append(torch.fft.irfft2(y_hat, s=run_lengths)[..., :height, :width])
+            transposed_spectra.append(a)
+        ctx.save_for_backward(*transposed_spectra, *kernels)
+        ctx.lengths = lengths
+        if len(parts) == 1:
+            return parts[0]
+        y = x.new_empty(batch, out_channels, scales, height, width)
+        for part, run in zip(parts, _h2h_scales(kernels), strict=True):
+            y[:, :, run] = part
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        saved, runs = ctx.saved_tensors, len(ctx.lengths)
+        inputs, kernels = saved[:runs], saved[runs:]
+        batch, out_channels, scales, height, width = grad.shape
+        in_channels = kernels[0].shape[-2]
+        needs_x = ctx.needs_input_grad[0]
+        grad_x = grad.new_empty(batch, in_channels, scales, height, width) if needs_x else None
+        grad_kernels = []
+        for index, (a, kernel, lengths, run) in enumerate(
+            zip(inputs, kernels, ctx.lengths, _h2h_scales(kernels), strict=True)
+        ):
+            # ∂ŷ = rfft2 of the zero-padded ∂y (norm="forward": the 1/(L_H·L_W) of the inverse)
+            # with the paired bins of the halved W axis doubled; the doubling is applied to
+            # the kernel-sized product, and for x it cancels against the halving in rfft2's
+            # adjoint (L_H·L_W · irfft2 with those bins halved), as in `_lift_grads`.
+            g_hat = torch.fft.rfft2(grad[:, :, run], s=lengths, norm="forward")
+            # The products run on conj(∂ŷ), conjugated by the transposing copy, so that the
+            # conjugate transposes ∂K̂ = aᴴ·∂ŷ and ∂a = ∂ŷ·K̂ᴴ need are plain transposes, which
+            # the matmul reads in place (a conjugate one is copied first).
+            g = transposed(g_hat.view(batch * out_channels, -1), conj=True)
+            g = g.view(-1, batch, out_channels)  # conj(∂ŷ) [N, B, Cout]
+            grad_kernel = None
+            if ctx.needs_input_grad[2 + index]:
+                grad_kernel = torch.bmm(a.mT, g).view(kernel.shape)  # [S', k1, k2, Cin, Cout]
+                torch.view_as_real(grad_kernel).mul_(_conj_paired_weights(lengths[1], a))
+            if needs_x:
+                grad_a = torch.bmm(g, kernel.view(-1, in_channels, out_channels).mT)  # conj(∂a)
+                grad_x_hat = transposed(grad_a.view(len(grad_a), -1), conj=True)
+                grad_x_hat = grad_x_hat.view(batch, in_channels, *kernel.shape[:3])
+                grad_x_run = torch.fft.irfft2(grad_x_hat, s=lengths, norm="forward")
+                grad_x[:, :, run] = grad_x_run[..., :height, :width]
+            grad_kernels.append(grad_kernel)
+        return grad_x, None, *grad_kernels
+
+
+def _conj_paired_weights(length: int, like: Tensor) -> Tensor:
+    """[k2, 1, 1, 2]: the factors that conjugate a one-sided spectrum of `length` (the
+    interleaved real and imaginary parts of `torch.view_as_real`, in like's real dtype) and
+    double its bins that stand for two (`_paired_bins`), in one pass."""
+    weights = torch.ones(length // 2 + 1, 1, 1, 2, dtype=like.real.dtype)
+    weights[_paired_bins(length)] = 2
+    weights[..., 1] *= -1
+    return weights
+
+
+def _h2h_scales(kernels) -> list[slice]:
+    """The scales of each run: consecutive, S' of them for a kernel [S', k1, k2, Cin, Cout]."""
+    slices, stop = [], 0
+    for kernel in kernels:
+        slices.append(slice(stop, stop + kernel.shape[0]))
+        stop += kernel.shape[0]
+    return slices
+
+
+def h2h(x: Tensor, kernels, lengths) -> Tensor:
+    """x [B, Cin, S, H, W] (real, CPU); for each run of consecutive scales
+    (`fast_conv._fft_runs`), kernel K̂ [S', k1, k2, Cin, Cout] (conj(DFT) of the kernels at that
+    run's lengths, `fast_conv._kernel_spectrum`) -> y [B, Cout, S, H, W], y[:, :, s] = x[:, :, s]
+    ⋆ κ_s. Gradients reach x and the kernels."""
+    return _H2H.apply(x, _lengths(lengths), *kernels)
 
 
 def lifting(x: Tensor, kernels, lengths) -> Tensor:

@@ -365,8 +365,20 @@ def _kernels() -> dict:
                 for c in range(first_col, min(cols, first_col + 16)):
                     dst[c, r] = src[r, c]
 
+    @jit
+    def transpose_conj(src, dst):
+        """dst[c, r] = conj(src[r, c]) (complex), in tiles as `transpose`."""
+        rows, cols = src.shape
+        row_tiles, col_tiles = (rows + 15) // 16, (cols + 15) // 16
+        for n in numba.prange(row_tiles * col_tiles):
+            first_row, first_col = (n // col_tiles) * 16, (n % col_tiles) * 16
+            for r in range(first_row, min(rows, first_row + 16)):
+                for c in range(first_col, min(cols, first_col + 16)):
+                    dst[c, r] = src[r, c].conjugate()
+
     return {
         "transpose": transpose,
+        "transpose_conj": transpose_conj,
         "lifting_kernel_grad": lifting_kernel_grad,
         "relu_max_pool_moments": relu_max_pool_moments,
         "bias_relu_pool": bias_relu_pool,
@@ -464,13 +476,14 @@ class _ScaleMax(torch.autograd.Function):
         return out
 
 
-def transposed(x: Tensor) -> Tensor:
-    """x [R, C] -> its transpose as a contiguous [C, R] tensor. PyTorch's copy of a transposed
-    view of SESN's spectra ([B·C, S·k1·k2] complex, 27-54 MB) ran at 4-8 GB/s here, element by
-    element along one axis; tile by tile it took 2.5-6x less time (README "Throughput")."""
+def transposed(x: Tensor, conj: bool = False) -> Tensor:
+    """x [R, C] -> its transpose as a contiguous [C, R] tensor (conjugated where `conj`, for
+    complex x). PyTorch's copy of a transposed view of SESN's spectra ([B·C, S·k1·k2] complex,
+    27-54 MB) ran at 4-8 GB/s here, element by element along one axis; tile by tile it took
+    2.5-6x less time (README "Throughput")."""
     x = _dense(x)
     out = x.new_empty(x.shape[1], x.shape[0])
-    _run("transpose", x, out)
+    _run("transpose_conj" if conj else "transpose", x, out)
     return out
 
 

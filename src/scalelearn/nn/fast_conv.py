@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scalelearn.nn.cpu_fft import (
+    h2h,
     images_per_pass,
     lifting,
     lifting_bias_relu_pool,
@@ -415,6 +416,9 @@ def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     runs = _joined_runs(basis, height, width, rule)
     if rule == "cpu_lifting":
         return lifting(x, *_lifting_spectra(weight, basis, runs))
+    if rule == "cpu" and x.dim() == 5:
+        kernels = [_reused(_kernel_spectrum, weight, basis, *run[1:], run[0]) for run in runs]
+        return h2h(x, kernels, [lengths for _, lengths, _ in runs])
     ys = [_fft_run(x, weight, basis, *run) for run in runs]
     return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
