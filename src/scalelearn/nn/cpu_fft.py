@@ -314,21 +314,28 @@ class _H2H(torch.autograd.Function):
     def forward(ctx, x: Tensor, lengths, *kernels: Tensor) -> Tensor:
         batch, in_channels, scales, height, width = x.shape
         out_channels = kernels[0].shape[-1]
-        parts, transposed_spectra = [], []
-        for kernel, run_lengths, run in zip(kernels, lengths, _h2h_scales(kernels), strict=True):
+        # One run: its inverse transform's crop itself (the heads read it in place).
+        y = x.new_empty(batch, out_channels, scales, height, width) if len(kernels) > 1 else None
+        transposed_spectra = []
+        runs = zip(kernels, lengths, _h2h_scales(kernels), strict=True)
+        for index, (kernel, run_lengths, run) in enumerate(runs):
             x_hat = torch.fft.rfft2(x[:, :, run], s=run_lengths)  # [B, Cin, S', k1, k2]
             a = transposed(x_hat.view(batch * in_channels, -1)).view(-1, batch, in_channels)
+            del x_hat  # each temporary dropped once read: the call's peak memory
             y_hat = torch.bmm(a, kernel.view(-1, in_channels, out_channels))  # [N, B, Cout]
             y_hat = y_hat.view(*kernel.shape[:3], batch, out_channels).permute(3, 4, 0, 1, 2)
-            parts.append(torch.fft.irfft2(y_hat, s=run_lengths)[..., :height, :width])
-            transposed_spectra.append(a)
+            # Kept for the kernel's gradient only (evaluation holds one run's at a time).
+            transposed_spectra.append(a if ctx.needs_input_grad[2 + index] else None)
+            del a
+            part = torch.fft.irfft2(y_hat, s=run_lengths)[..., :height, :width]
+            del y_hat
+            if y is None:
+                y = part
+            else:
+                y[:, :, run] = part
+            del part
         ctx.save_for_backward(*transposed_spectra, *kernels)
         ctx.lengths = lengths
-        if len(parts) == 1:
-            return parts[0]
-        y = x.new_empty(batch, out_channels, scales, height, width)
-        for part, run in zip(parts, _h2h_scales(kernels), strict=True):
-            y[:, :, run] = part
         return y
 
     @staticmethod
@@ -347,11 +354,13 @@ class _H2H(torch.autograd.Function):
             # with the paired bins of the halved W axis doubled; the doubling is applied to
             # the kernel-sized product, and for x it cancels against the halving in rfft2's
             # adjoint (L_H·L_W · irfft2 with those bins halved), as in `_lift_grads`.
-            g_hat = torch.fft.rfft2(grad[:, :, run], s=lengths, norm="forward")
             # The products run on conj(∂ŷ), conjugated by the transposing copy, so that the
             # conjugate transposes ∂K̂ = aᴴ·∂ŷ and ∂a = ∂ŷ·K̂ᴴ need are plain transposes, which
-            # the matmul reads in place (a conjugate one is copied first).
+            # the matmul reads in place (a conjugate one is copied first). Temporaries are
+            # dropped as soon as they are read (the step's peak memory).
+            g_hat = torch.fft.rfft2(grad[:, :, run], s=lengths, norm="forward")
             g = transposed(g_hat.view(batch * out_channels, -1), conj=True)
+            del g_hat
             g = g.view(-1, batch, out_channels)  # conj(∂ŷ) [N, B, Cout]
             grad_kernel = None
             if ctx.needs_input_grad[2 + index]:
@@ -359,10 +368,14 @@ class _H2H(torch.autograd.Function):
                 torch.view_as_real(grad_kernel).mul_(_conj_paired_weights(lengths[1], a))
             if needs_x:
                 grad_a = torch.bmm(g, kernel.view(-1, in_channels, out_channels).mT)  # conj(∂a)
+                del g
                 grad_x_hat = transposed(grad_a.view(len(grad_a), -1), conj=True)
+                del grad_a
                 grad_x_hat = grad_x_hat.view(batch, in_channels, *kernel.shape[:3])
                 grad_x_run = torch.fft.irfft2(grad_x_hat, s=lengths, norm="forward")
+                del grad_x_hat
                 grad_x[:, :, run] = grad_x_run[..., :height, :width]
+                del grad_x_run
             grad_kernels.append(grad_kernel)
         return grad_x, None, *grad_kernels
 
