@@ -127,17 +127,16 @@ def test_channel_mix_gives_the_same_bits_for_every_thread_count():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_transposed_is_the_transpose_and_its_gradient_too(dtype):
     """`cpu_kernels.transposed` (tiles of 16) on sides that are not multiples of 16, a
-    conjugated view and a strided one; `_fft`'s H→H path uses it both ways (and its gradient
-    must reach x: the float64 parity tests), and `_BatchedMatmul` for the incoming gradient."""
+    conjugated view and a strided one, also conjugating (`cpu_fft.h2h` uses both ways; its
+    gradients: the float64 parity tests), and `_BatchedMatmul` for the incoming gradient."""
     generator = torch.Generator().manual_seed(5)
     x = _complex(generator, 37, 50, dtype=dtype)
     for view in (x, x.conj(), x[:, ::3], x.real.contiguous()):
         got = transposed(view)
         assert got.is_contiguous() and torch.equal(got, view.t().resolve_conj())
-    leaf = x.clone().requires_grad_(True)
-    grad = _complex(generator, 50, 37, dtype=dtype)
-    (got,) = torch.autograd.grad(fast_conv._Transposed.apply(leaf), leaf, grad)
-    assert torch.equal(got, grad.t())
+    for view in (x, x.conj(), x[:, ::3]):
+        got = transposed(view, conj=True)
+        assert got.is_contiguous() and torch.equal(got, view.mH.resolve_conj())
     # [F, B, Cout] seen as a view of [B, Cout, F], as the inverse FFT's gradient arrives.
     a = _complex(generator, 12, 3, 4, dtype=dtype).requires_grad_(True)
     b = _complex(generator, 12, 4, 5, dtype=dtype).requires_grad_(True)
@@ -592,6 +591,40 @@ def test_lifting_with_the_sesn_block_equals_lifting_then_block(runs, learn_kerne
             out = cpu_fft.lifting_bias_relu_pool(leaves[0], leaves[2:], lengths, leaves[1])
         else:
             out = bias_relu_pool(cpu_fft.lifting(leaves[0], leaves[2:], lengths), leaves[1])
+        out.backward(grad)
+        assert 0 < (out > 0).float().mean() < 1  # the ReLU cuts some
+        results.append((out, *(leaf.grad for leaf in leaves)))
+    for a, b in zip(*results, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.parametrize("learn", [True, False], ids=["all", "bias only"])
+def test_h2h_with_the_sesn_block_equals_h2h_then_block(runs, learn):
+    """cpu_fft.h2h_bias_relu_pool (the pool reading each run's inverse transform in place, the
+    gradient written into each run's padded buffer) against cpu_fft.h2h followed by
+    cpu_kernels.bias_relu_pool, float64: outputs and the gradients of x, the kernels and the
+    bias, with one run of three scales at (15, 20) and with runs at (14, 18) and (16, 24)."""
+    from scalelearn.nn.cpu_kernels import bias_relu_pool
+
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 3, 3, 9, 11, generator=generator, dtype=torch.float64)
+    plan = [(3, (15, 20))] if runs == 1 else [(1, (14, 18)), (2, (16, 24))]
+    kernels = [_complex(generator, s, h, w // 2 + 1, 3, 4) for s, (h, w) in plan]
+    lengths = [run_lengths for _, run_lengths in plan]
+    bias = torch.randn(4, generator=generator, dtype=torch.float64)
+    grad = torch.randn(2, 4, 3, 4, 5, generator=generator, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [x.clone().requires_grad_(learn), bias.clone().requires_grad_(True)]
+        leaves += [kernel.clone().requires_grad_(learn) for kernel in kernels]
+        if fused:
+            out = cpu_fft.h2h_bias_relu_pool(leaves[0], leaves[2:], lengths, leaves[1])
+        else:
+            out = bias_relu_pool(cpu_fft.h2h(leaves[0], leaves[2:], lengths), leaves[1])
         out.backward(grad)
         assert 0 < (out > 0).float().mean() < 1  # the ReLU cuts some
         results.append((out, *(leaf.grad for leaf in leaves)))

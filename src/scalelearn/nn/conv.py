@@ -93,8 +93,9 @@ class _ScaleConv(nn.Module):
     def forward(self, x: Tensor, add_bias: bool = True, relu_pool: bool = False) -> Tensor:
         """x -> the layer's output [B, Cout, S, H, W]; where `relu_pool` (CPU, fast
         implementation, with a bias), max_pool3d(relu(output), (1, 2, 2)) [B, Cout, S, H/2,
-        W/2] (odd sides floored), SESN's block, in one pass each way (`cpu_kernels.bias_relu_pool`;
-        for the lifting, fused with it: `fast_conv.z2h_fast_bias_relu_pool`)."""
+        W/2] (odd sides floored), SESN's block, in one pass each way
+        (`cpu_kernels.bias_relu_pool`; after `fft`, one autograd function with the layer:
+        `fast_conv.z2h_fast_bias_relu_pool`, `fast_conv.h2h_fast_bias_relu_pool`)."""
         self._check_input(x)
         if not relu_pool:
             return self.convolve(x, self.basis(), add_bias)
@@ -187,6 +188,9 @@ class ScaleConvH2H(_ScaleConv):
     [B, Cout, S, H, W], y_s = x_s ⋆ κ_s (no mixing across scales)."""
 
     _which = 1
+
+    def _bias_relu_pool(self, x: Tensor, basis: ScaleBasis) -> Tensor:
+        return fast_conv.h2h_fast_bias_relu_pool(x, self.weight, basis, self.bias)
 
 
 def scale_max_projection(x: Tensor) -> Tensor:

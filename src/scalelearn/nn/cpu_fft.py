@@ -306,78 +306,139 @@ class _LiftingBiasReluPool(torch.autograd.Function):
         return grad_x, None, grad_bias, *grad_kernels
 
 
+def _h2h_forward(ctx, x: Tensor, lengths, kernels, first: int, write) -> list:
+    """The runs of `h2h`: write(run, part) with each run's output part [B, Cout, S', H, W] (a
+    crop of its inverse transform) -> the transposed spectra a [N, B, Cin] its backward needs
+    (None where the kernel, input first + index of ctx, takes no gradient)."""
+    batch, in_channels, _, height, width = x.shape
+    out_channels = kernels[0].shape[-1]
+    transposed_spectra = []
+    runs = zip(kernels, lengths, _h2h_scales(kernels), strict=True)
+    for index, (kernel, run_lengths, run) in enumerate(runs):
+        x_hat = torch.fft.rfft2(x[:, :, run], s=run_lengths)  # [B, Cin, S', k1, k2]
+        a = transposed(x_hat.view(batch * in_channels, -1)).view(-1, batch, in_channels)
+        del x_hat  # each temporary dropped once read: the call's peak memory
+        y_hat = torch.bmm(a, kernel.view(-1, in_channels, out_channels))  # [N, B, Cout]
+        y_hat = y_hat.view(*kernel.shape[:3], batch, out_channels).permute(3, 4, 0, 1, 2)
+        # Kept for the kernel's gradient only (evaluation holds one run's at a time).
+        transposed_spectra.append(a if ctx.needs_input_grad[first + index] else None)
+        del a
+        part = torch.fft.irfft2(y_hat, s=run_lengths)[..., :height, :width]
+        del y_hat
+        write(run, part)
+        del part
+    return transposed_spectra
+
+
+def _h2h_backward(ctx, inputs, kernels, x_shape, first: int, g_hat_of):
+    """-> (∂x, [∂K̂ per run]) of `h2h`: g_hat_of(index, run, lengths) = rfft2 of the run's
+    zero-padded ∂y [B, Cout, S', k1, k2] with norm="forward" (the 1/(L_H·L_W) of the
+    inverse); the kernels are inputs first, first + 1, … of ctx, x its input 0. Called for
+    every run, whatever needs a gradient.
+
+    The inverse's adjoint doubles ∂ŷ's paired bins of the halved W axis: applied to the
+    kernel-sized product, and for x it cancels against the halving in rfft2's adjoint (L_H·L_W
+    · irfft2 with those bins halved), as in `_lift_grads`. The products run on conj(∂ŷ),
+    conjugated by the transposing copy, so that the conjugate transposes ∂K̂ = aᴴ·∂ŷ and ∂a =
+    ∂ŷ·K̂ᴴ need are plain transposes, which the matmul reads in place (a conjugate one is copied
+    first)."""
+    batch, in_channels, scales, height, width = x_shape
+    out_channels = kernels[0].shape[-1]
+    needs_x = ctx.needs_input_grad[0]
+    grad_x = kernels[0].real.new_empty(x_shape) if needs_x else None
+    grad_kernels = []
+    runs = zip(inputs, kernels, ctx.lengths, _h2h_scales(kernels), strict=True)
+    for index, (a, kernel, lengths, run) in enumerate(runs):
+        g_hat = g_hat_of(index, run, lengths)
+        g = transposed(g_hat.view(batch * out_channels, -1), conj=True)
+        del g_hat  # each temporary dropped once read: the step's peak memory
+        g = g.view(-1, batch, out_channels)  # conj(∂ŷ) [N, B, Cout]
+        grad_kernel = None
+        if ctx.needs_input_grad[first + index]:
+            grad_kernel = torch.bmm(a.mT, g).view(kernel.shape)  # [S', k1, k2, Cin, Cout]
+            torch.view_as_real(grad_kernel).mul_(_conj_paired_weights(lengths[1], a))
+        if needs_x:
+            grad_a = torch.bmm(g, kernel.view(-1, in_channels, out_channels).mT)  # conj(∂a)
+            del g
+            grad_x_hat = transposed(grad_a.view(len(grad_a), -1), conj=True)
+            del grad_a
+            grad_x_hat = grad_x_hat.view(batch, in_channels, *kernel.shape[:3])
+            grad_x_run = torch.fft.irfft2(grad_x_hat, s=lengths, norm="forward")
+            del grad_x_hat
+            grad_x[:, :, run] = grad_x_run[..., :height, :width]
+            del grad_x_run
+        grad_kernels.append(grad_kernel)
+    return grad_x, grad_kernels
+
+
 class _H2H(torch.autograd.Function):
     """x [B, Cin, S, H, W], lengths, kernels K̂ [S', k1, k2, Cin, Cout] of each run of scales
     -> y [B, Cout, S, H, W]."""
 
     @staticmethod
     def forward(ctx, x: Tensor, lengths, *kernels: Tensor) -> Tensor:
-        batch, in_channels, scales, height, width = x.shape
-        out_channels = kernels[0].shape[-1]
-        # One run: its inverse transform's crop itself (the heads read it in place).
-        y = x.new_empty(batch, out_channels, scales, height, width) if len(kernels) > 1 else None
-        transposed_spectra = []
-        runs = zip(kernels, lengths, _h2h_scales(kernels), strict=True)
-        for index, (kernel, run_lengths, run) in enumerate(runs):
-            x_hat = torch.fft.rfft2(x[:, :, run], s=run_lengths)  # [B, Cin, S', k1, k2]
-            a = transposed(x_hat.view(batch * in_channels, -1)).view(-1, batch, in_channels)
-            del x_hat  # each temporary dropped once read: the call's peak memory
-            y_hat = torch.bmm(a, kernel.view(-1, in_channels, out_channels))  # [N, B, Cout]
-            y_hat = y_hat.view(*kernel.shape[:3], batch, out_channels).permute(3, 4, 0, 1, 2)
-            # Kept for the kernel's gradient only (evaluation holds one run's at a time).
-            transposed_spectra.append(a if ctx.needs_input_grad[2 + index] else None)
-            del a
-            part = torch.fft.irfft2(y_hat, s=run_lengths)[..., :height, :width]
-            del y_hat
-            if y is None:
-                y = part
-            else:
-                y[:, :, run] = part
-            del part
-        ctx.save_for_backward(*transposed_spectra, *kernels)
-        ctx.lengths = lengths
-        return y
+        batch, _, scales, height, width = x.shape
+        outputs = []
+
+        def write(run, part):
+            # One run: its inverse transform's crop itself (the heads read it in place).
+            if len(kernels) == 1:
+                outputs.append(part)
+                return
+            if not outputs:
+                outputs.append(x.new_empty(batch, part.shape[1], scales, height, width))
+            outputs[0][:, :, run] = part
+
+        saved = _h2h_forward(ctx, x, lengths, kernels, 2, write)
+        ctx.save_for_backward(*saved, *kernels)
+        ctx.lengths, ctx.x_shape = lengths, x.shape
+        return outputs[0]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         saved, runs = ctx.saved_tensors, len(ctx.lengths)
-        inputs, kernels = saved[:runs], saved[runs:]
-        batch, out_channels, scales, height, width = grad.shape
-        in_channels = kernels[0].shape[-2]
-        needs_x = ctx.needs_input_grad[0]
-        grad_x = grad.new_empty(batch, in_channels, scales, height, width) if needs_x else None
-        grad_kernels = []
-        for index, (a, kernel, lengths, run) in enumerate(
-            zip(inputs, kernels, ctx.lengths, _h2h_scales(kernels), strict=True)
-        ):
-            # ∂ŷ = rfft2 of the zero-padded ∂y (norm="forward": the 1/(L_H·L_W) of the inverse)
-            # with the paired bins of the halved W axis doubled; the doubling is applied to
-            # the kernel-sized product, and for x it cancels against the halving in rfft2's
-            # adjoint (L_H·L_W · irfft2 with those bins halved), as in `_lift_grads`.
-            # The products run on conj(∂ŷ), conjugated by the transposing copy, so that the
-            # conjugate transposes ∂K̂ = aᴴ·∂ŷ and ∂a = ∂ŷ·K̂ᴴ need are plain transposes, which
-            # the matmul reads in place (a conjugate one is copied first). Temporaries are
-            # dropped as soon as they are read (the step's peak memory).
-            g_hat = torch.fft.rfft2(grad[:, :, run], s=lengths, norm="forward")
-            g = transposed(g_hat.view(batch * out_channels, -1), conj=True)
-            del g_hat
-            g = g.view(-1, batch, out_channels)  # conj(∂ŷ) [N, B, Cout]
-            grad_kernel = None
-            if ctx.needs_input_grad[2 + index]:
-                grad_kernel = torch.bmm(a.mT, g).view(kernel.shape)  # [S', k1, k2, Cin, Cout]
-                torch.view_as_real(grad_kernel).mul_(_conj_paired_weights(lengths[1], a))
-            if needs_x:
-                grad_a = torch.bmm(g, kernel.view(-1, in_channels, out_channels).mT)  # conj(∂a)
-                del g
-                grad_x_hat = transposed(grad_a.view(len(grad_a), -1), conj=True)
-                del grad_a
-                grad_x_hat = grad_x_hat.view(batch, in_channels, *kernel.shape[:3])
-                grad_x_run = torch.fft.irfft2(grad_x_hat, s=lengths, norm="forward")
-                del grad_x_hat
-                grad_x[:, :, run] = grad_x_run[..., :height, :width]
-                del grad_x_run
-            grad_kernels.append(grad_kernel)
-        return grad_x, None, *grad_kernels
+
+        def g_hat_of(index, run, lengths):
+            return torch.fft.rfft2(grad[:, :, run], s=lengths, norm="forward")
+
+        grads = _h2h_backward(ctx, saved[:runs], saved[runs:], ctx.x_shape, 2, g_hat_of)
+        return grads[0], None, *grads[1]
+
+
+class _H2HBiasReluPool(torch.autograd.Function):
+    """`_H2H`, then `cpu_kernels.bias_relu_pool` run by run: x, lengths, bias [Cout], kernels
+    -> [B, Cout, S, H/2, W/2]. The head reads each run's inverse transform in place (no joined
+    output), and its backward writes the gradient straight into the zero-padded buffer each
+    run's transform reads."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lengths, bias: Tensor, *kernels: Tensor) -> Tensor:
+        shape = (len(x), kernels[0].shape[-1], *x.shape[2:])
+        out, index = bias_relu_pool_outputs(shape, x.dtype)
+
+        def write(run, part):
+            bias_relu_pool_into(part, bias, out, index, run.start)
+
+        saved = _h2h_forward(ctx, x, lengths, kernels, 3, write)
+        ctx.save_for_backward(out, index, *saved, *kernels)
+        ctx.lengths, ctx.x_shape = lengths, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        tensors, runs = ctx.saved_tensors, len(ctx.lengths)
+        out, index = tensors[:2]
+        grad_bias = torch.zeros(out.shape[1], dtype=torch.float64)
+
+        def g_hat_of(number, run, lengths):
+            padded = grad.new_empty(*out.shape[:2], run.stop - run.start, *lengths)
+            grad_bias.add_(bias_relu_pool_grad_into(grad, out, index, padded, run.start))
+            return torch.fft.rfft2(padded, norm="forward")
+
+        inputs, kernels = tensors[2 : 2 + runs], tensors[2 + runs :]
+        grad_x, grad_kernels = _h2h_backward(ctx, inputs, kernels, ctx.x_shape, 3, g_hat_of)
+        grad_bias = grad_bias.to(grad.dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_bias, *grad_kernels
 
 
 def _conj_paired_weights(length: int, like: Tensor) -> Tensor:
@@ -405,6 +466,13 @@ def h2h(x: Tensor, kernels, lengths) -> Tensor:
     run's lengths, `fast_conv._kernel_spectrum`) -> y [B, Cout, S, H, W], y[:, :, s] = x[:, :, s]
     ⋆ κ_s. Gradients reach x and the kernels."""
     return _H2H.apply(x, _lengths(lengths), *kernels)
+
+
+def h2h_bias_relu_pool(x: Tensor, kernels, lengths, bias: Tensor) -> Tensor:
+    """`h2h` followed by `cpu_kernels.bias_relu_pool` (SESN's block: bias, ReLU, 2×2 max pool)
+    -> [B, Cout, S, H/2, W/2], the same values and gradients (x, kernels, bias), the head
+    reading each run's output where its inverse transform left it."""
+    return _H2HBiasReluPool.apply(x, _lengths(lengths), bias, *kernels)
 
 
 def lifting(x: Tensor, kernels, lengths) -> Tensor:

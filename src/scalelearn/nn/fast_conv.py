@@ -8,8 +8,8 @@ picks one per call from a cost estimate:
   reaches the H×W outputs; on the CPU each run of scales at the lengths its own supports need
   (`_fft_runs`). Every basis function is separable, so its 2-D spectrum is the outer product of
   two 1-D spectra of its profiles; the channel sum is a matmul per frequency. On the CPU the
-  lifting of one channel is one autograd function in layouts chosen for the transforms
-  (`cpu_fft.lifting`).
+  lifting of one channel and the H→H layers are each one autograd function with its gradient
+  written out (`cpu_fft.lifting`, `cpu_fft.h2h`).
 - rows: the rows (H axis) directly with every profile, then the columns (W axis) by a 1-D FFT
   whose per-frequency matmul also mixes the channels. It wins where Cin·P is small next to Cout
   (the toy model's lifting layer): the 2-D inverse FFT of every output map is the costly step of
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from scalelearn.nn.cpu_fft import (
     h2h,
+    h2h_bias_relu_pool,
     images_per_pass,
     lifting,
     lifting_bias_relu_pool,
@@ -158,18 +159,6 @@ class _BatchedMatmul(torch.autograd.Function):
         grad_a = torch.bmm(grad, b.mH) if ctx.needs_input_grad[0] else None
         grad_b = torch.bmm(a.mH, grad) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b
-
-
-class _Transposed(torch.autograd.Function):
-    """x [R, C] (CPU) -> contiguous [C, R] by `cpu_kernels.transposed`, and so its gradient."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return transposed(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return transposed(grad)
 
 
 def _bmm(a: Tensor, b: Tensor) -> Tensor:
@@ -397,6 +386,12 @@ def _lifting_spectra(weight: Tensor, basis: ScaleBasis, runs) -> tuple[list, lis
     return kernels, [lengths for _, lengths, _ in runs]
 
 
+def _h2h_spectra(weight: Tensor, basis: ScaleBasis, runs) -> tuple[list, list]:
+    """-> (kernels, lengths) of `cpu_fft.h2h`, one of each per run of scales."""
+    kernels = [_reused(_kernel_spectrum, weight, basis, *run[1:], run[0]) for run in runs]
+    return kernels, [lengths for _, lengths, _ in runs]
+
+
 def _cpu_lifting(x: Tensor, weight: Tensor) -> bool:
     """Whether `fft` runs as `cpu_fft.lifting`: one input channel, lifted, on the CPU."""
     return x.device.type == "cpu" and x.dim() == 4 and weight.shape[1] == 1
@@ -417,8 +412,7 @@ def _fft(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
     if rule == "cpu_lifting":
         return lifting(x, *_lifting_spectra(weight, basis, runs))
     if rule == "cpu" and x.dim() == 5:
-        kernels = [_reused(_kernel_spectrum, weight, basis, *run[1:], run[0]) for run in runs]
-        return h2h(x, kernels, [lengths for _, lengths, _ in runs])
+        return h2h(x, *_h2h_spectra(weight, basis, runs))
     ys = [_fft_run(x, weight, basis, *run) for run in runs]
     return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
@@ -436,13 +430,9 @@ def _fft_run(x: Tensor, weight: Tensor, basis: ScaleBasis, scales, lengths, halv
         # Lifting a single channel: a broadcast product (a matmul with inner size 1 is slower).
         y_hat = x_hat[:, :, None] * spectrum[..., 0, :].permute(3, 0, 1, 2)
     else:
-        if x.dim() == 5 and x.device.type == "cpu":
-            x_hat = _Transposed.apply(x_hat.reshape(batch * in_channels, -1))
-            x_hat = x_hat.view(-1, batch, in_channels)  # [S'·k1·k2, B, Cin]
-        else:
-            if x.dim() == 4:
-                x_hat = x_hat[:, :, None].expand(-1, -1, num_scales, -1, -1)
-            x_hat = x_hat.permute(2, 3, 4, 0, 1).reshape(-1, batch, in_channels)
+        if x.dim() == 4:
+            x_hat = x_hat[:, :, None].expand(-1, -1, num_scales, -1, -1)
+        x_hat = x_hat.permute(2, 3, 4, 0, 1).reshape(-1, batch, in_channels)
         y_hat = _bmm(x_hat, spectrum.reshape(-1, in_channels, out_channels))
         y_hat = y_hat.view(num_scales, k1, k2, batch, out_channels).permute(3, 4, 0, 1, 2)
     return torch.fft.irfft2(y_hat, s=lengths)[..., :height, :width]
@@ -865,6 +855,22 @@ def z2h_fast_bias_relu_pool(x: Tensor, weight: Tensor, basis: ScaleBasis, bias: 
         if plan is not None:
             return lifting_bias_relu_pool(*plan, bias)
     return bias_relu_pool(_apply(x, weight, basis, method), bias)
+
+
+def h2h_fast_bias_relu_pool(x: Tensor, weight: Tensor, basis: ScaleBasis, bias: Tensor):
+    """`h2h_fast`, then `cpu_kernels.bias_relu_pool` (CPU): x [B, Cin, S, H, W] -> [B, Cout,
+    S, H/2, W/2], max_pool3d(relu(output + bias), (1, 2, 2)), SESN's second block. Where `fft`
+    runs on the CPU, the two are one autograd function (`cpu_fft.h2h_bias_relu_pool`): the
+    pool reads each run of scales' output in place, and its gradient goes straight into the
+    transforms' padded input."""
+    method = _choose(x, weight, basis)
+    if method != "fft":
+        return bias_relu_pool(_apply(x, weight, basis, method), bias)
+    dtype = _spectral_dtype(x, weight)
+    with torch.autocast("cpu", enabled=False):
+        x, weight = x.to(dtype), weight.to(dtype)
+        runs = _fft_runs(basis, *x.shape[-2:], _fft_rule(x, weight))
+        return h2h_bias_relu_pool(x, *_h2h_spectra(weight, basis, runs), bias)
 
 
 def z2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
