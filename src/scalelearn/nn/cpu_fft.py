@@ -96,12 +96,13 @@ def _channel_groups(kernels) -> list[slice]:
     return _slices(count, -(-count // max(1, groups)))
 
 
-def _scale_slices(kernels) -> list[slice]:
-    """The scales of each run: consecutive, S' of them for a kernel [Cout, S', k2, k1]."""
+def _scale_slices(kernels, axis: int = 1) -> list[slice]:
+    """The scales of each run: consecutive, S' of them for a kernel with S' along `axis` (the
+    lifting's [Cout, S', k2, k1], H→H's [S', k1, k2, Cin, Cout] with axis 0)."""
     slices, stop = [], 0
     for kernel in kernels:
-        slices.append(slice(stop, stop + kernel.shape[1]))
-        stop += kernel.shape[1]
+        slices.append(slice(stop, stop + kernel.shape[axis]))
+        stop += kernel.shape[axis]
     return slices
 
 
@@ -313,7 +314,7 @@ def _h2h_forward(ctx, x: Tensor, lengths, kernels, first: int, write) -> list:
     batch, in_channels, _, height, width = x.shape
     out_channels = kernels[0].shape[-1]
     transposed_spectra = []
-    runs = zip(kernels, lengths, _h2h_scales(kernels), strict=True)
+    runs = zip(kernels, lengths, _scale_slices(kernels, 0), strict=True)
     for index, (kernel, run_lengths, run) in enumerate(runs):
         x_hat = torch.fft.rfft2(x[:, :, run], s=run_lengths)  # [B, Cin, S', k1, k2]
         a = transposed(x_hat.view(batch * in_channels, -1)).view(-1, batch, in_channels)
@@ -347,7 +348,7 @@ def _h2h_backward(ctx, inputs, kernels, x_shape, first: int, g_hat_of):
     needs_x = ctx.needs_input_grad[0]
     grad_x = kernels[0].real.new_empty(x_shape) if needs_x else None
     grad_kernels = []
-    runs = zip(inputs, kernels, ctx.lengths, _h2h_scales(kernels), strict=True)
+    runs = zip(inputs, kernels, ctx.lengths, _scale_slices(kernels, 0), strict=True)
     for index, (a, kernel, lengths, run) in enumerate(runs):
         g_hat = g_hat_of(index, run, lengths)
         g = transposed(g_hat.view(batch * out_channels, -1), conj=True)
@@ -449,15 +450,6 @@ def _conj_paired_weights(length: int, like: Tensor) -> Tensor:
     weights[_paired_bins(length)] = 2
     weights[..., 1] *= -1
     return weights
-
-
-def _h2h_scales(kernels) -> list[slice]:
-    """The scales of each run: consecutive, S' of them for a kernel [S', k1, k2, Cin, Cout]."""
-    slices, stop = [], 0
-    for kernel in kernels:
-        slices.append(slice(stop, stop + kernel.shape[0]))
-        stop += kernel.shape[0]
-    return slices
 
 
 def h2h(x: Tensor, kernels, lengths) -> Tensor:
