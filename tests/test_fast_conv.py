@@ -567,64 +567,47 @@ def test_lifting_with_the_head_equals_lifting_then_head(runs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("runs", [1, 2])
-@pytest.mark.parametrize("learn_kernels", [True, False], ids=["all", "bias only"])
-def test_lifting_with_the_sesn_block_equals_lifting_then_block(runs, learn_kernels, monkeypatch):
-    """cpu_fft.lifting_bias_relu_pool (SESN's first block; the gradient written into the
-    transforms' padded buffers, one per run of scales, image by image) against cpu_fft.lifting
-    followed by cpu_kernels.bias_relu_pool, float64: outputs and the gradients of x, the
-    kernels and the bias (also where only the bias takes one)."""
-    from scalelearn.nn.cpu_kernels import bias_relu_pool
-
-    monkeypatch.setattr(cpu_fft, "PASS_BYTES", 1)  # one image per pass
-    generator = torch.Generator().manual_seed(11)
-    x = torch.randn(3, 1, 12, 16, generator=generator, dtype=torch.float64)
-    kernels, lengths = _lifting_runs(generator, runs)
-    bias = torch.randn(3, generator=generator, dtype=torch.float64)
-    scales = 2 if runs == 1 else 3
-    grad = torch.randn(3, 3, scales, 6, 8, generator=generator, dtype=torch.float64)
-    results = []
-    for fused in (True, False):
-        leaves = [x.clone().requires_grad_(learn_kernels), bias.clone().requires_grad_(True)]
-        leaves += [kernel.clone().requires_grad_(learn_kernels) for kernel in kernels]
-        if fused:
-            out = cpu_fft.lifting_bias_relu_pool(leaves[0], leaves[2:], lengths, leaves[1])
-        else:
-            out = bias_relu_pool(cpu_fft.lifting(leaves[0], leaves[2:], lengths), leaves[1])
-        out.backward(grad)
-        assert 0 < (out > 0).float().mean() < 1  # the ReLU cuts some
-        results.append((out, *(leaf.grad for leaf in leaves)))
-    for a, b in zip(*results, strict=True):
-        if b is None:
-            assert a is None
-        else:
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("runs", [1, 2])
-@pytest.mark.parametrize("learn", [True, False], ids=["all", "bias only"])
-def test_h2h_with_the_sesn_block_equals_h2h_then_block(runs, learn):
-    """cpu_fft.h2h_bias_relu_pool (the pool reading each run's inverse transform in place, the
-    gradient written into each run's padded buffer) against cpu_fft.h2h followed by
-    cpu_kernels.bias_relu_pool, float64: outputs and the gradients of x, the kernels and the
-    bias, with one run of three scales at (15, 20) and with runs at (14, 18) and (16, 24)."""
-    from scalelearn.nn.cpu_kernels import bias_relu_pool
-
-    generator = torch.Generator().manual_seed(12)
+def _sesn_block_case(layer: str, runs: int, generator):
+    """(x, kernels, lengths, the fused block, the layer alone) in float64: the lifting of one
+    channel (`_lifting_runs`) or an H→H layer with one run of three scales at (15, 20) or runs
+    at (14, 18) and (16, 24)."""
+    if layer == "lifting":
+        x = torch.randn(3, 1, 12, 16, generator=generator, dtype=torch.float64)
+        kernels, lengths = _lifting_runs(generator, runs)
+        return x, kernels, lengths, cpu_fft.lifting_bias_relu_pool, cpu_fft.lifting
     x = torch.randn(2, 3, 3, 9, 11, generator=generator, dtype=torch.float64)
     plan = [(3, (15, 20))] if runs == 1 else [(1, (14, 18)), (2, (16, 24))]
     kernels = [_complex(generator, s, h, w // 2 + 1, 3, 4) for s, (h, w) in plan]
     lengths = [run_lengths for _, run_lengths in plan]
-    bias = torch.randn(4, generator=generator, dtype=torch.float64)
-    grad = torch.randn(2, 4, 3, 4, 5, generator=generator, dtype=torch.float64)
+    return x, kernels, lengths, cpu_fft.h2h_bias_relu_pool, cpu_fft.h2h
+
+
+@pytest.mark.parametrize("layer", ["lifting", "h2h"])
+@pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.parametrize("learn", [True, False], ids=["all", "bias only"])
+def test_layer_with_the_sesn_block_equals_layer_then_block(layer, runs, learn, monkeypatch):
+    """cpu_fft's SESN blocks (bias, ReLU, 2×2 pool inside the layer's autograd function: the
+    lifting image by image, the H→H layer reading each run's inverse transform in place; the
+    gradient written into each run's padded buffer) against the layer followed by
+    cpu_kernels.bias_relu_pool, float64: outputs and the gradients of x, the kernels and the
+    bias (also where only the bias takes one), with one run of scales and with two."""
+    from scalelearn.nn.cpu_kernels import bias_relu_pool
+
+    monkeypatch.setattr(cpu_fft, "PASS_BYTES", 1)  # the lifting: one image per pass
+    generator = torch.Generator().manual_seed(11)
+    x, kernels, lengths, block, layer_alone = _sesn_block_case(layer, runs, generator)
+    batch, channels, scales, height, width = layer_alone(x, kernels, lengths).shape
+    bias = torch.randn(channels, generator=generator, dtype=torch.float64)
+    grad_shape = (batch, channels, scales, height // 2, width // 2)
+    grad = torch.randn(grad_shape, generator=generator, dtype=torch.float64)
     results = []
     for fused in (True, False):
         leaves = [x.clone().requires_grad_(learn), bias.clone().requires_grad_(True)]
         leaves += [kernel.clone().requires_grad_(learn) for kernel in kernels]
         if fused:
-            out = cpu_fft.h2h_bias_relu_pool(leaves[0], leaves[2:], lengths, leaves[1])
+            out = block(leaves[0], leaves[2:], lengths, leaves[1])
         else:
-            out = bias_relu_pool(cpu_fft.h2h(leaves[0], leaves[2:], lengths), leaves[1])
+            out = bias_relu_pool(layer_alone(leaves[0], leaves[2:], lengths), leaves[1])
         out.backward(grad)
         assert 0 < (out > 0).float().mean() < 1  # the ReLU cuts some
         results.append((out, *(leaf.grad for leaf in leaves)))
