@@ -332,7 +332,7 @@ def _h2h_forward(ctx, x: Tensor, lengths, kernels, first: int, write) -> list:
 
 
 def _h2h_backward(ctx, inputs, kernels, x_shape, first: int, g_hat_of):
-    """-> (∂x, [∂K̂ per run]) of `h2h`: g_hat_of(index, run, lengths) = rfft2 of the run's
+    """-> (∂x, [∂K̂ per run]) of `h2h`: g_hat_of(run, lengths) = rfft2 of the run's
     zero-padded ∂y [B, Cout, S', k1, k2] with norm="forward" (the 1/(L_H·L_W) of the
     inverse); the kernels are inputs first, first + 1, … of ctx, x its input 0. Called for
     every run, whatever needs a gradient.
@@ -350,7 +350,7 @@ def _h2h_backward(ctx, inputs, kernels, x_shape, first: int, g_hat_of):
     grad_kernels = []
     runs = zip(inputs, kernels, ctx.lengths, _scale_slices(kernels, 0), strict=True)
     for index, (a, kernel, lengths, run) in enumerate(runs):
-        g_hat = g_hat_of(index, run, lengths)
+        g_hat = g_hat_of(run, lengths)
         g = transposed(g_hat.view(batch * out_channels, -1), conj=True)
         del g_hat  # each temporary dropped once read: the step's peak memory
         g = g.view(-1, batch, out_channels)  # conj(∂ŷ) [N, B, Cout]
@@ -378,28 +378,27 @@ class _H2H(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, lengths, *kernels: Tensor) -> Tensor:
-        batch, _, scales, height, width = x.shape
-        outputs = []
+        # One run: its inverse transform's crop itself (the heads read it in place).
+        shape = (len(x), kernels[0].shape[-1], *x.shape[2:])
+        y = x.new_empty(shape) if len(kernels) > 1 else None
+        parts = []
 
         def write(run, part):
-            # One run: its inverse transform's crop itself (the heads read it in place).
-            if len(kernels) == 1:
-                outputs.append(part)
-                return
-            if not outputs:
-                outputs.append(x.new_empty(batch, part.shape[1], scales, height, width))
-            outputs[0][:, :, run] = part
+            if y is None:
+                parts.append(part)
+            else:
+                y[:, :, run] = part
 
         saved = _h2h_forward(ctx, x, lengths, kernels, 2, write)
         ctx.save_for_backward(*saved, *kernels)
         ctx.lengths, ctx.x_shape = lengths, x.shape
-        return outputs[0]
+        return parts[0] if y is None else y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         saved, runs = ctx.saved_tensors, len(ctx.lengths)
 
-        def g_hat_of(index, run, lengths):
+        def g_hat_of(run, lengths):
             return torch.fft.rfft2(grad[:, :, run], s=lengths, norm="forward")
 
         grads = _h2h_backward(ctx, saved[:runs], saved[runs:], ctx.x_shape, 2, g_hat_of)
@@ -431,7 +430,7 @@ class _H2HBiasReluPool(torch.autograd.Function):
         out, index = tensors[:2]
         grad_bias = torch.zeros(out.shape[1], dtype=torch.float64)
 
-        def g_hat_of(number, run, lengths):
+        def g_hat_of(run, lengths):
             padded = grad.new_empty(*out.shape[:2], run.stop - run.start, *lengths)
             grad_bias.add_(bias_relu_pool_grad_into(grad, out, index, padded, run.start))
             return torch.fft.rfft2(padded, norm="forward")

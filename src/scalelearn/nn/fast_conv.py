@@ -297,7 +297,7 @@ def _joined_runs(basis: ScaleBasis, height: int, width: int, rule: str):
     """The runs of `_fft`, whose output is one tensor: `_fft_runs`, but one run for the CPU
     lifting, where joining the runs' outputs took about what the shorter transforms saved
     (SESN's lifting, `e5_sesn` alternating, 2 threads: training +2-3 %, evaluation +2 %). The toy
-    model's heads read each run's output in place (`_cpu_fft_lifting`)."""
+    model's heads and SESN's first block read each run's output in place (`_cpu_fft_lifting`)."""
     if rule == "cpu_lifting":
         return _whole_run(basis, height, width, rule)
     return _fft_runs(basis, height, width, rule)
@@ -802,9 +802,9 @@ def _apply(
 
 
 def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
-    """(x, kernels K̂, lengths) for the toy model's heads in `cpu_fft`, in the spectral dtype, a
-    kernel and lengths per run of scales (`_fft_runs`), where `method` (the cost model's pick)
-    is `fft` for a lifting on the CPU, else None."""
+    """(x, kernels K̂, lengths) for the lifting's heads in `cpu_fft` (the toy model's, SESN's
+    first block), in the spectral dtype, a kernel and lengths per run of scales (`_fft_runs`),
+    where `method` (the cost model's pick) is `fft` for a lifting on the CPU, else None."""
     if method != "fft" or not _cpu_lifting(x, weight):
         return None
     dtype = _spectral_dtype(x, weight)
