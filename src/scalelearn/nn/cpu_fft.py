@@ -324,8 +324,13 @@ def _h2h_forward(ctx, x: Tensor, lengths, kernels, first: int, write) -> list:
         # Kept for the kernel's gradient only (evaluation holds one run's at a time).
         transposed_spectra.append(a if ctx.needs_input_grad[first + index] else None)
         del a
-        part = torch.fft.irfft2(y_hat, s=run_lengths)[..., :height, :width]
+        # The inverse along H, then along W on the H rows the crop keeps: the same bits as
+        # irfft2 (the same 1-D transforms), and MKL reads the permuted product along H in
+        # place, where irfft2 copies it twice first.
+        rows = torch.fft.ifft(y_hat, dim=-2)[..., :height, :]
         del y_hat
+        part = torch.fft.irfft(rows, n=run_lengths[1], dim=-1)[..., :width]
+        del rows
         write(run, part)
         del part
     return transposed_spectra
