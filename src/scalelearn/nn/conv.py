@@ -94,8 +94,7 @@ class _ScaleConv(nn.Module):
         """x -> the layer's output [B, Cout, S, H, W]; where `relu_pool` (CPU, fast
         implementation, with a bias), max_pool3d(relu(output), (1, 2, 2)) [B, Cout, S, H/2,
         W/2] (odd sides floored), SESN's block, in one pass each way
-        (`cpu_kernels.bias_relu_pool`; after `fft`, one autograd function with the layer:
-        `fast_conv.z2h_fast_bias_relu_pool`, `fast_conv.h2h_fast_bias_relu_pool`)."""
+        (`fast_conv.fast_bias_relu_pool`; after `fft`, one autograd function with the layer)."""
         self._check_input(x)
         if not relu_pool:
             return self.convolve(x, self.basis(), add_bias)
@@ -104,10 +103,7 @@ class _ScaleConv(nn.Module):
                 "relu_pool=True needs a CPU input, implementation 'fast' and bias=True; "
                 "elsewhere apply F.relu and F.max_pool3d to the layer's output"
             )
-        return self._bias_relu_pool(x, self.basis())
-
-    def _bias_relu_pool(self, x: Tensor, basis: ScaleBasis) -> Tensor:
-        return cpu_kernels.bias_relu_pool(self.convolve(x, basis, add_bias=False), self.bias)
+        return fast_conv.fast_bias_relu_pool(x, self.weight, self.basis(), self.bias)
 
     def convolve(self, x: Tensor, basis: ScaleBasis, add_bias: bool = True) -> Tensor:
         """The layer with an explicit basis of the shared scales (for callers that hold one
@@ -179,18 +175,12 @@ class ScaleConvZ2H(_ScaleConv):
             return fast_conv.z2h_fast_extremes(x, self.weight, basis, *extremes)
         return cpu_kernels.scale_max_pool(self.convolve(x, basis, add_bias), *extremes)
 
-    def _bias_relu_pool(self, x: Tensor, basis: ScaleBasis) -> Tensor:
-        return fast_conv.z2h_fast_bias_relu_pool(x, self.weight, basis, self.bias)
-
 
 class ScaleConvH2H(_ScaleConv):
     """Scale-to-scale layer (SESN's SESConv_H_H, scale_size 1): [B, Cin, S, H, W] ->
     [B, Cout, S, H, W], y_s = x_s ⋆ κ_s (no mixing across scales)."""
 
     _which = 1
-
-    def _bias_relu_pool(self, x: Tensor, basis: ScaleBasis) -> Tensor:
-        return fast_conv.h2h_fast_bias_relu_pool(x, self.weight, basis, self.bias)
 
 
 def scale_max_projection(x: Tensor) -> Tensor:

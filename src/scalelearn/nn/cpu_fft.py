@@ -149,6 +149,16 @@ def _joined(parts: list[Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
+def _pass_buffers(kernels, lengths, batch: int, dtype) -> list[Tensor]:
+    """One pass's buffers [b, Cout, S', L_H, L_W] per run, for the heads' backward to write the
+    zero-padded gradient that the transforms read."""
+    step = _passes(batch, kernels)[0].stop
+    return [
+        torch.empty(step, *kernel.shape[:2], *run_lengths, dtype=dtype)
+        for kernel, run_lengths in zip(kernels, lengths, strict=True)
+    ]
+
+
 def _lift_grads(ctx, x_hats, kernels, needs_x: bool, needs_kernels, g_hat_of):
     """The gradients of x and of each run's kernel, pass by pass: g_hat_of(images, run, scales)
     = rfft2(∂y of those images at those scales zero-padded to the run's lengths,
@@ -245,11 +255,7 @@ class _LiftingPooledReluMoments(torch.autograd.Function):
         x_hats, kernels = tensors[4 : 4 + runs], tensors[4 + runs :]
         batch = len(x_hats[0])
         count = batch * ctx.size[0] * ctx.size[1]
-        step = _passes(batch, kernels)[0].stop
-        padded = [  # one pass's, per run
-            mean.new_empty(step, *kernel.shape[:2], *lengths)
-            for kernel, lengths in zip(kernels, ctx.lengths, strict=True)
-        ]
+        padded = _pass_buffers(kernels, ctx.lengths, batch, mean.dtype)
 
         def g_hat_of(images, run, scales):
             part = padded[run][: images.stop - images.start]
@@ -287,11 +293,7 @@ class _LiftingBiasReluPool(torch.autograd.Function):
         tensors, runs = ctx.saved_tensors, len(ctx.lengths)  # unpacked once (checkpointing)
         out, index = tensors[:2]
         x_hats, kernels = tensors[2 : 2 + runs], tensors[2 + runs :]
-        step = _passes(len(x_hats[0]), kernels)[0].stop
-        padded = [  # one pass's, per run
-            grad.new_empty(step, *kernel.shape[:2], *lengths)
-            for kernel, lengths in zip(kernels, ctx.lengths, strict=True)
-        ]
+        padded = _pass_buffers(kernels, ctx.lengths, len(x_hats[0]), grad.dtype)
         grad_bias = torch.zeros(out.shape[1], dtype=torch.float64)
 
         def g_hat_of(images, run, scales):

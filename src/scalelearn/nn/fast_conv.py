@@ -844,33 +844,24 @@ def z2h_fast_extremes(x: Tensor, weight: Tensor, basis: ScaleBasis, rows: int, c
     return scale_max_pool(_apply(x, weight, basis, method), rows, cols)
 
 
-def z2h_fast_bias_relu_pool(x: Tensor, weight: Tensor, basis: ScaleBasis, bias: Tensor):
-    """`z2h_fast`, then `cpu_kernels.bias_relu_pool` (CPU): x [B, 1, H, W] -> [B, Cout, S, H/2,
-    W/2], max_pool3d(relu(lifting + bias), (1, 2, 2)), SESN's first block. Where `fft` lifts on
-    the CPU, the two run pass by pass (`cpu_fft.lifting_bias_relu_pool`): the lifting's output
-    is never whole, and its gradient goes straight into the transforms' padded input."""
+def fast_bias_relu_pool(x: Tensor, weight: Tensor, basis: ScaleBasis, bias: Tensor):
+    """`z2h_fast` or `h2h_fast` (by x's rank), then `cpu_kernels.bias_relu_pool` (CPU): x [B,
+    Cin, (S,) H, W] -> [B, Cout, S, H/2, W/2], max_pool3d(relu(output + bias), (1, 2, 2)),
+    SESN's block. Where `fft` runs on the CPU the two are one autograd function: the lifting of
+    one channel pass by pass (`cpu_fft.lifting_bias_relu_pool`: its output is never whole), an
+    H→H layer run by run (`cpu_fft.h2h_bias_relu_pool`: the pool reads each run of scales'
+    output in place); either writes its gradient straight into the transforms' padded input."""
     method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
         plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_bias_relu_pool(*plan, bias)
+        if method == "fft" and _fft_rule(x, weight) == "cpu" and x.dim() == 5:
+            dtype = _spectral_dtype(x, weight)
+            x, weight = x.to(dtype), weight.to(dtype)
+            runs = _fft_runs(basis, *x.shape[-2:], "cpu")
+            return h2h_bias_relu_pool(x, *_h2h_spectra(weight, basis, runs), bias)
     return bias_relu_pool(_apply(x, weight, basis, method), bias)
-
-
-def h2h_fast_bias_relu_pool(x: Tensor, weight: Tensor, basis: ScaleBasis, bias: Tensor):
-    """`h2h_fast`, then `cpu_kernels.bias_relu_pool` (CPU): x [B, Cin, S, H, W] -> [B, Cout,
-    S, H/2, W/2], max_pool3d(relu(output + bias), (1, 2, 2)), SESN's second block. Where `fft`
-    runs on the CPU, the two are one autograd function (`cpu_fft.h2h_bias_relu_pool`): the
-    pool reads each run of scales' output in place, and its gradient goes straight into the
-    transforms' padded input."""
-    method = _choose(x, weight, basis)
-    if method != "fft":
-        return bias_relu_pool(_apply(x, weight, basis, method), bias)
-    dtype = _spectral_dtype(x, weight)
-    with torch.autocast("cpu", enabled=False):
-        x, weight = x.to(dtype), weight.to(dtype)
-        runs = _fft_runs(basis, *x.shape[-2:], _fft_rule(x, weight))
-        return h2h_bias_relu_pool(x, *_h2h_spectra(weight, basis, runs), bias)
 
 
 def z2h_fast(x: Tensor, weight: Tensor, basis: ScaleBasis) -> Tensor:
