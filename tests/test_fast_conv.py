@@ -618,6 +618,42 @@ def test_layer_with_the_sesn_block_equals_layer_then_block(layer, runs, learn, m
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("block", [False, True], ids=["h2h", "sesn block"])
+@pytest.mark.parametrize("runs", [1, 2])
+def test_h2h_of_kernel_factors_equals_h2h_of_their_product(block, runs):
+    """cpu_fft.h2h given the factors of its kernel spectra (training: the backward conjugates and
+    doubles the kernel's gradient on the factors) against h2h given their product K̂ =
+    kernel_product(spectra, placed) under autograd, float64: outputs and the gradients of x,
+    the spectra, placed and the bias; an even and an odd transform length along W (the paired
+    bins differ)."""
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 3, 3, 9, 11, generator=generator, dtype=torch.float64)
+    plan = [(3, (15, 20))] if runs == 1 else [(1, (14, 18)), (2, (16, 21))]
+    factors = [
+        (
+            torch.randn(s, h, w // 2 + 1, 5, generator=generator, dtype=torch.float64),
+            torch.randn(5, 3, 4, 2, generator=generator, dtype=torch.float64),
+        )
+        for s, (h, w) in plan
+    ]
+    lengths = [run_lengths for _, run_lengths in plan]
+    bias = torch.randn(4, generator=generator, dtype=torch.float64)
+    results = []
+    for given in ("factors", "product"):
+        leaves = [x.clone(), bias.clone(), *(t.clone() for pair in factors for t in pair)]
+        leaves = [leaf.requires_grad_(True) for leaf in leaves]
+        pairs = list(zip(leaves[2::2], leaves[3::2], strict=True))
+        kernels = pairs if given == "factors" else [cpu_fft.kernel_product(*p) for p in pairs]
+        if block:
+            out = cpu_fft.h2h_bias_relu_pool(leaves[0], kernels, lengths, leaves[1])
+        else:
+            out = cpu_fft.h2h(leaves[0], kernels, lengths) + 0 * leaves[1].sum()
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(13)).double()
+        results.append((out, *torch.autograd.grad(out, leaves, grad)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_lifting_runs_equal_one_run_at_the_largest_lengths():
     """A run of scales at its own, shorter lengths gives what the longest lengths give (the
     kernels of its scales are zero beyond their support): cpu_fft.lifting of a Hermite basis

@@ -41,6 +41,7 @@ from scalelearn.nn.cpu_fft import (
     h2h,
     h2h_bias_relu_pool,
     images_per_pass,
+    kernel_product,
     lifting,
     lifting_bias_relu_pool,
     lifting_pooled_relu_moments,
@@ -336,24 +337,40 @@ def _parity_split(basis: ScaleBasis) -> tuple[Tensor, Tensor]:
 
 def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves, scales) -> Tensor:
     """weight [Cout, Cin, F] -> kernel spectra [S', L_H, L_W//2 + 1, Cin, Cout] (complex) of the
-    scales first ≤ s < stop (S' of them).
-
-    On the CPU one real matmul writes the spectra interleaved (real, imaginary) in the [Cin,
-    Cout] layout of the batched product: its inner axis holds each function's real or imaginary
-    spectrum (`_parity_split`), and the weights sit in the real or the imaginary slot of the
-    output to match (zeros in the other). The transposing copy into that layout that CUDA still
-    makes took longer than the matmul on the CPU (SESN's conv3: 24 ms forward, 16 backward per
-    step); measured against it, 45 against 70 ms forward and backward for conv3, 33 against 53
-    for conv2. (On CUDA the copy is cheap, and reading the parities would wait for the GPU.)"""
-    rows, cols = _function_spectra(weight, basis, lengths, halves, scales)
-    functions = rows.transpose(1, 2)[:, :, None] * cols.transpose(1, 2)[:, None]  # [S', L_H, k2, F]
+    scales first ≤ s < stop (S' of them): on the CPU the product of `_kernel_factors`."""
+    if weight.device.type == "cpu":
+        return kernel_product(*_kernel_factors(weight, basis, lengths, halves, scales))
+    # Both parts of every function in one matmul, then (real, imag) moved last.
+    functions = _function_products(weight, basis, lengths, halves, scales)
     out_channels, in_channels, count = weight.shape
-    if weight.device.type != "cpu":
-        # Both parts of every function in one matmul, then (real, imag) moved last.
-        parts = torch.view_as_real(functions).transpose(-1, -2).reshape(-1, count)
-        spectrum = parts @ weight.reshape(-1, count).T
-        spectrum = spectrum.view(*functions.shape[:3], 2, out_channels, in_channels)
-        return torch.view_as_complex(spectrum.permute(0, 1, 2, 5, 4, 3).contiguous())
+    parts = torch.view_as_real(functions).transpose(-1, -2).reshape(-1, count)
+    spectrum = parts @ weight.reshape(-1, count).T
+    spectrum = spectrum.view(*functions.shape[:3], 2, out_channels, in_channels)
+    return torch.view_as_complex(spectrum.permute(0, 1, 2, 5, 4, 3).contiguous())
+
+
+def _function_products(weight: Tensor, basis: ScaleBasis, lengths, halves, scales) -> Tensor:
+    """The 2-D spectra of every basis function at the scales first ≤ s < stop -> [S', L_H,
+    L_W//2 + 1, F] (complex)."""
+    rows, cols = _function_spectra(weight, basis, lengths, halves, scales)
+    return rows.transpose(1, 2)[:, :, None] * cols.transpose(1, 2)[:, None]
+
+
+def _kernel_factors(weight: Tensor, basis: ScaleBasis, lengths, halves, scales):
+    """The CPU's kernel spectra as two factors (`cpu_fft.kernel_product`): weight [Cout, Cin, F]
+    -> (spectra [S', L_H, L_W//2 + 1, F] (real), placed [F, Cin, Cout, 2]).
+
+    Their one real matmul writes the spectra interleaved (real, imaginary) in the [Cin, Cout]
+    layout of the batched product: the spectra's inner axis holds each function's real or
+    imaginary spectrum (`_parity_split`), and the weights sit in the real or the imaginary slot
+    of placed to match (zeros in the other). The transposing copy into that layout that CUDA
+    still makes took longer than the matmul on the CPU (SESN's conv3: 24 ms forward, 16 backward
+    per step); measured against it, 45 against 70 ms forward and backward for conv3, 33 against
+    53 for conv2. (On CUDA the copy is cheap, and reading the parities would wait for the GPU.)
+    `cpu_fft.h2h` takes the factors in training: its backward folds the conjugation and doubling
+    of the kernel's gradient into them."""
+    functions = _function_products(weight, basis, lengths, halves, scales)
+    out_channels, in_channels, count = weight.shape
     real, imaginary = _parity_split(basis)
     spectra = torch.cat([functions.real[..., real], functions.imag[..., imaginary]], dim=-1)
     per_function = weight.permute(2, 1, 0).reshape(count, -1)  # [F, Cin·Cout]
@@ -365,8 +382,7 @@ def _kernel_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves, scales)
         ],
         dim=-1,
     )
-    spectrum = spectra.flatten(0, 2) @ placed.flatten(1)
-    return torch.view_as_complex(spectrum.view(*spectra.shape[:3], in_channels, out_channels, 2))
+    return spectra, placed.view(-1, in_channels, out_channels, 2)
 
 
 def _lifting_spectrum(weight: Tensor, basis: ScaleBasis, lengths, halves, scales) -> Tensor:
@@ -387,8 +403,13 @@ def _lifting_spectra(weight: Tensor, basis: ScaleBasis, runs) -> tuple[list, lis
 
 
 def _h2h_spectra(weight: Tensor, basis: ScaleBasis, runs) -> tuple[list, list]:
-    """-> (kernels, lengths) of `cpu_fft.h2h`, one of each per run of scales."""
-    kernels = [_reused(_kernel_spectrum, weight, basis, *run[1:], run[0]) for run in runs]
+    """-> (kernels, lengths) of `cpu_fft.h2h`, one of each per run of scales: the factors of
+    the kernel spectra where autograd records (training), else the spectra (kept across
+    evaluation's chunks, `reuse_kernels`)."""
+    if torch.is_grad_enabled():
+        kernels = [_kernel_factors(weight, basis, *run[1:], run[0]) for run in runs]
+    else:
+        kernels = [_reused(_kernel_spectrum, weight, basis, *run[1:], run[0]) for run in runs]
     return kernels, [lengths for _, lengths, _ in runs]
 
 
