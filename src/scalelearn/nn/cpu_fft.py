@@ -33,8 +33,11 @@ rfft2 itself, the adjoint of rfft2 is irfft2 (the bins' doubling and halving can
 doubling goes to the kernel-sized gradient. `e5_sesn`'s training step, one process alternating
 (2 threads, 2026-11-27): 402-426 -> 390-404 ms. The forward's inverse runs along H on the
 permuted product, then along W on the rows the crop keeps (as the lifting's): 404-423 -> 388-399
-ms, evaluation of 256 images 1,092-1,127 -> 1,018-1,058 ms, the same bits.
-Measured against the autograd chain: README "Throughput". CUDA tensors never come here.
+ms, evaluation of 256 images 1,092-1,127 -> 1,018-1,058 ms, the same bits; scale by scale (no
+copy of a run's product first), evaluation 1,044-1,050 -> 969-992 ms, equal to rounding. The
+doubling of the kernel's gradient, with its conjugation, goes to the kernel spectra's factors
+in training (`_kernel_grads`). Measured against the autograd chain: README "Throughput". CUDA
+tensors never come here.
 """
 
 from __future__ import annotations
@@ -328,15 +331,16 @@ def _h2h_forward(x: Tensor, lengths, kernels, needs_kernels, write) -> list:
         # Kept for the kernel's gradient only (evaluation holds one run's at a time).
         transposed_spectra.append(a if needs_kernel else None)
         del a
-        # The inverse along H, then along W on the H rows the crop keeps: the same bits as
-        # irfft2 (the same 1-D transforms), and MKL reads the permuted product along H in
-        # place, where irfft2 copies it twice first.
-        rows = torch.fft.ifft(y_hat, dim=-2)[..., :height, :]
+        for scale in range(run.start, run.stop):
+            # The inverse along H, then along W on the H rows the crop keeps (irfft2's 1-D
+            # transforms). Scale by scale, MKL reads the permuted product along H in place; a
+            # run's scales together are no one batch for it, and were copied first.
+            rows = torch.fft.ifft(y_hat[:, :, scale - run.start], dim=-2)[..., :height, :]
+            part = torch.fft.irfft(rows, n=run_lengths[1], dim=-1)[:, :, None, :, :width]
+            del rows
+            write(slice(scale, scale + 1), part)
+            del part
         del y_hat
-        part = torch.fft.irfft(rows, n=run_lengths[1], dim=-1)[..., :width]
-        del rows
-        write(run, part)
-        del part
     return transposed_spectra
 
 
@@ -441,9 +445,9 @@ class _H2H(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, lengths, factored: bool, *tensors: Tensor) -> Tensor:
         kernels, needs_kernels = _h2h_kernels(ctx, factored, tensors, 3)
-        # One run: its inverse transform's crop itself (the heads read it in place).
+        # One scale: its inverse transform's crop itself (the heads read it in place).
         shape = (len(x), kernels[0].shape[-1], *x.shape[2:])
-        y = x.new_empty(shape) if len(kernels) > 1 else None
+        y = x.new_empty(shape) if x.shape[2] > 1 else None
         parts = []
 
         def write(run, part):
