@@ -307,8 +307,11 @@ def _kernels() -> dict:
     def bias_relu_pool(x, width, bias, first, out, index):
         """out[:, :, first + s] [B, C, S', H/2, W/2] = relu(the max of x [B, C, S', H, ≥W][...,
         :W] + bias[c] over every 2×2 window); index likewise = the window's first arg-max, 0-3
-        in row-major order (a NaN wins). Selections on `|` and `&` instead of branches on `or`
-        and `and`: the loop vectorises (3.6x faster, measured)."""
+        in row-major order (a NaN wins), as float32. Selections on `|` and `&` instead of
+        branches on `or` and `and`: the loop vectorises (3.6x faster, measured). A float32
+        index (not uint8) keeps every type of the loops 32-bit, and so their vectors short
+        enough for SESN's rows of 14 and 28 windows: forward 1.0-1.4x, backward 1.6-2.0x faster
+        (its runs of scales, batch 32, 2 threads, measured)."""
         batch, channels, scales = x.shape[:3]
         rows, cols = out.shape[3], out.shape[4]
         for n in numba.prange(batch * channels * scales):
@@ -318,16 +321,16 @@ def _kernels() -> dict:
                 top, bottom = x[b, c, s, 2 * i], x[b, c, s, 2 * i + 1]
                 values, places = out[b, c, first + s, i], index[b, c, first + s, i]
                 for j in range(cols):
-                    best, k = top[2 * j] + shift, np.uint8(0)
+                    best, k = top[2 * j] + shift, np.float32(0)
                     v = top[2 * j + 1] + shift
                     wins = (v > best) | ((v != v) & (best == best))
-                    best, k = (v if wins else best), (np.uint8(1) if wins else k)
+                    best, k = (v if wins else best), (np.float32(1) if wins else k)
                     v = bottom[2 * j] + shift
                     wins = (v > best) | ((v != v) & (best == best))
-                    best, k = (v if wins else best), (np.uint8(2) if wins else k)
+                    best, k = (v if wins else best), (np.float32(2) if wins else k)
                     v = bottom[2 * j + 1] + shift
                     wins = (v > best) | ((v != v) & (best == best))
-                    best, k = (v if wins else best), (np.uint8(3) if wins else k)
+                    best, k = (v if wins else best), (np.float32(3) if wins else k)
                     values[j] = best if (best > 0) | (best != best) else np.float32(0)
                     places[j] = k
 
@@ -347,10 +350,10 @@ def _kernels() -> dict:
                 for j in range(cols):
                     v = g[b, c, first + s, i, j] if out[b, c, first + s, i, j] > 0 else 0.0
                     k = index[b, c, first + s, i, j]
-                    top[2 * j] = v if k == 0 else 0.0
-                    top[2 * j + 1] = v if k == 1 else 0.0
-                    bottom[2 * j] = v if k == 2 else 0.0
-                    bottom[2 * j + 1] = v if k == 3 else 0.0
+                    top[2 * j] = v if k == np.float32(0) else 0.0
+                    top[2 * j + 1] = v if k == np.float32(1) else 0.0
+                    bottom[2 * j] = v if k == np.float32(2) else 0.0
+                    bottom[2 * j + 1] = v if k == np.float32(3) else 0.0
                     sums[j] += v
             grad_bias[b, c, s] = sums.sum()
 
@@ -609,7 +612,7 @@ def bias_relu_pool_outputs(shape, dtype) -> tuple[Tensor, Tensor]:
     """The (out, index) buffers of `bias_relu_pool_into` for an input [B, C, S, H, W]."""
     batch, channels, scales, height, width = shape
     out = torch.empty(batch, channels, scales, height // 2, width // 2, dtype=dtype)
-    return out, torch.empty(out.shape, dtype=torch.uint8)
+    return out, torch.empty(out.shape, dtype=torch.float32)
 
 
 def bias_relu_pool_into(x: Tensor, bias: Tensor, out: Tensor, index: Tensor, first: int = 0):
