@@ -126,7 +126,7 @@ def test_channel_mix_gives_the_same_bits_for_every_thread_count():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_transposed_is_the_transpose_and_its_gradient_too(dtype):
-    """`cpu_kernels.transposed` (tiles of 16) on sides that are not multiples of 16, a
+    """`cpu_kernels.transposed` (tiles of 32) on sides that are not multiples of 32, a
     conjugated view and a strided one, also conjugating (`cpu_fft.h2h` uses both ways; its
     gradients: the float64 parity tests), and `_BatchedMatmul` for the incoming gradient."""
     generator = torch.Generator().manual_seed(5)

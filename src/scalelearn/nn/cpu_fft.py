@@ -423,8 +423,7 @@ def _kernel_grads(ctx, factored: bool, tensors, raw, first: int) -> list:
     grad_spectra, grad_placed = [], []
     for run, (grad, lengths) in enumerate(zip(raw, ctx.lengths, strict=True)):
         spectra, placed = tensors[run], tensors[runs + run]
-        doubled = torch.ones(lengths[1] // 2 + 1, 1, dtype=spectra.dtype)
-        doubled[_paired_bins(lengths[1])] = 2
+        doubled = _doubled_bins(lengths[1], spectra.dtype)[:, None]  # over the spectra's k2
         conj = torch.tensor([1.0, -1.0], dtype=placed.dtype)
         grad = None if grad is None else torch.view_as_real(grad).flatten(0, 2).flatten(1)
         if needs[run]:  # ∂spectra = ∂K̂ · placedᵀ [S', k1, k2, F]
@@ -513,14 +512,20 @@ class _H2HBiasReluPool(torch.autograd.Function):
         return grad_x, None, grad_bias, None, *grads
 
 
+def _doubled_bins(length: int, dtype) -> Tensor:
+    """[k2]: 2 at the bins of a one-sided spectrum of `length` that stand for two
+    (`_paired_bins`), else 1."""
+    weights = torch.ones(length // 2 + 1, dtype=dtype)
+    weights[_paired_bins(length)] = 2
+    return weights
+
+
 def _conj_paired_weights(length: int, like: Tensor) -> Tensor:
     """[k2, 1, 1, 2]: the factors that conjugate a one-sided spectrum of `length` (the
     interleaved real and imaginary parts of `torch.view_as_real`, in like's real dtype) and
-    double its bins that stand for two (`_paired_bins`), in one pass."""
-    weights = torch.ones(length // 2 + 1, 1, 1, 2, dtype=like.real.dtype)
-    weights[_paired_bins(length)] = 2
-    weights[..., 1] *= -1
-    return weights
+    double its bins that stand for two (`_doubled_bins`), in one pass."""
+    conj = torch.tensor([1.0, -1.0], dtype=like.real.dtype)
+    return _doubled_bins(length, like.real.dtype)[:, None, None, None] * conj
 
 
 def kernel_product(spectra: Tensor, placed: Tensor) -> Tensor:
@@ -543,7 +548,7 @@ def h2h(x: Tensor, kernels, lengths) -> Tensor:
 def h2h_bias_relu_pool(x: Tensor, kernels, lengths, bias: Tensor) -> Tensor:
     """`h2h` followed by `cpu_kernels.bias_relu_pool` (SESN's block: bias, ReLU, 2×2 max pool)
     -> [B, Cout, S, H/2, W/2], the same values and gradients (x, kernels, bias), the head
-    reading each run's output where its inverse transform left it."""
+    reading each scale's output where its inverse transform left it."""
     factored, tensors = _kernel_inputs(kernels)
     return _H2HBiasReluPool.apply(x, _lengths(lengths), bias, factored, *tensors)
 

@@ -833,6 +833,17 @@ def _cpu_fft_lifting(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
     return x.to(dtype), *_lifting_spectra(weight.to(dtype), basis, runs)
 
 
+def _cpu_fft_h2h(x: Tensor, weight: Tensor, basis: ScaleBasis, method: str):
+    """(x, kernels, lengths) for `cpu_fft`'s H→H functions, in the spectral dtype, per run of
+    scales (`_fft_runs`, `_h2h_spectra`), where `method` (the cost model's pick) is `fft` for an
+    H→H layer on the CPU, else None."""
+    if method != "fft" or _fft_rule(x, weight) != "cpu" or x.dim() != 5:
+        return None
+    dtype = _spectral_dtype(x, weight)
+    runs = _fft_runs(basis, *x.shape[-2:], "cpu")
+    return x.to(dtype), *_h2h_spectra(weight.to(dtype), basis, runs)
+
+
 def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Tensor, rows, cols):
     """`z2h_fast`, then `cpu_kernels.pooled_relu_moments` (CPU): x [B, 1, H, W] -> (pooled [B,
     Cout, rows, cols], mean [Cout], variance [Cout]) of relu(max over the scales of the
@@ -870,18 +881,16 @@ def fast_bias_relu_pool(x: Tensor, weight: Tensor, basis: ScaleBasis, bias: Tens
     Cin, (S,) H, W] -> [B, Cout, S, H/2, W/2], max_pool3d(relu(output + bias), (1, 2, 2)),
     SESN's block. Where `fft` runs on the CPU the two are one autograd function: the lifting of
     one channel pass by pass (`cpu_fft.lifting_bias_relu_pool`: its output is never whole), an
-    H→H layer run by run (`cpu_fft.h2h_bias_relu_pool`: the pool reads each run of scales'
-    output in place); either writes its gradient straight into the transforms' padded input."""
+    H→H layer scale by scale (`cpu_fft.h2h_bias_relu_pool`: the pool reads each scale's output
+    in place); either writes its gradient straight into the transforms' padded input."""
     method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
         plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_bias_relu_pool(*plan, bias)
-        if method == "fft" and _fft_rule(x, weight) == "cpu" and x.dim() == 5:
-            dtype = _spectral_dtype(x, weight)
-            x, weight = x.to(dtype), weight.to(dtype)
-            runs = _fft_runs(basis, *x.shape[-2:], "cpu")
-            return h2h_bias_relu_pool(x, *_h2h_spectra(weight, basis, runs), bias)
+        plan = _cpu_fft_h2h(x, weight, basis, method)
+        if plan is not None:
+            return h2h_bias_relu_pool(*plan, bias)
     return bias_relu_pool(_apply(x, weight, basis, method), bias)
 
 
