@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (see README.md):
 #   make reproduce [CONFIG=config/config.yaml]   set up, then run the pipeline (default: quick preset)
 #   make test                                    set up, then lint and run the test suite
+#   make test-slow                               the slow tests (the pipeline re-run, scripts' dry runs)
 #   make test-slurm                              the test preset on a private Slurm cluster (root)
 # Setup is a virtual environment in .venv with the package installed editable; it is redone only
 # when pyproject.toml changes.
@@ -14,11 +15,12 @@ STAMP := $(VENV)/.scalelearn-installed
 # Jobs call `python -m scalelearn ...`: the venv's python must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help setup reproduce test test-slurm clean
+.PHONY: help setup reproduce test test-slow test-slurm clean
 
 help:
 	@echo "make reproduce [CONFIG=config/quick.yaml|config/config.yaml|config/test.yaml]"
 	@echo "make test"
+	@echo "make test-slow"
 	@echo "make test-slurm"
 
 $(STAMP): pyproject.toml
@@ -37,6 +39,10 @@ test: $(STAMP)
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
 	$(BIN)/pytest
+
+# Tests marked slow (README "Tests"): minutes each, about 12 minutes in all.
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
 
 # Starts munged, slurmctld and slurmd (installs Debian's slurm-wlm and munge when missing; needs
 # root), runs config/test.yaml through profiles/slurm and compares with a local run. Minutes.

@@ -234,6 +234,7 @@ def test_ci_preset_runs_end_to_end(finished_preset):
     assert "best ISR 2.38 / 4.76 / 5.35" in html and "{{" not in html
 
 
+@pytest.mark.slow  # reruns parts of the preset four times: make test-slow
 def test_same_command_recovers_from_failures(finished_preset, tmp_path):
     """Issue cases 2, 3, 5, 1 in the pipeline: what is missing is rebuilt; a replaced dataset
     stops its runs and removes the tables they fed, and after deleting it as the message says
