@@ -333,8 +333,10 @@ def test_sesn_layers_take_even_lengths_per_run_of_scales_on_the_cpu():
     assert fast_conv._fft_rule(x, weight) == "any"  # off the CPU (CUDA): 27
 
 
-def test_choice_follows_the_measured_winners():
-    """The cheapest method of the timings recorded next to the cost model in fast_conv."""
+def test_choice_follows_the_measured_winners(monkeypatch):
+    """The cheapest method of the timings recorded next to the cost model in fast_conv, on the
+    CPU they were measured on (AVX-512)."""
+    monkeypatch.setattr(fast_conv, "_CPU_DIRECT", True)
     toy = [2.0, 3.4641, 6.0]  # E2, K 49
     sesn = [1.5, 1.89, 2.38, 3.0]
     quick = {13: [1.0, 1.2247, 1.5], 19: [1.0, 1.4565, 2.1213], 25: [1.0, 1.732, 3.0]}
@@ -379,6 +381,31 @@ def test_choice_follows_the_measured_winners():
     # unless the image crops the kernel small.
     assert not {"direct", "separable"} & set(fast_conv._costs(*_layer(1, 1, 1, 168, [2.0, 15.12])))
     assert {"direct", "separable"} <= set(fast_conv._costs(*_layer(1, 1, 1, 8, [2.0, 15.12])))
+
+
+def test_avx2_cpus_do_not_take_onednns_convolution(monkeypatch):
+    """On an AVX2-only CPU oneDNN's conv2d (`direct`) lost to every other method at the quick
+    preset's smallest kernels, training and evaluation (fast_conv._direct_fitted): the choice
+    there is the best of the others, which still run where the kernel fits."""
+    assert fast_conv._direct_fitted("AVX512") and not fast_conv._direct_fitted("AVX2")
+    assert not fast_conv._direct_fitted("DEFAULT")  # aarch64 and others: never timed
+    assert fast_conv._CPU_DIRECT == fast_conv._direct_fitted(
+        torch.backends.cpu.get_cpu_capability()
+    )
+    monkeypatch.setattr(fast_conv, "_CPU_DIRECT", False)
+    k13 = _layer(32, 1, 16, 84, [1.0, 1.2247, 1.5])  # E1's ISR 1.5 on 84²
+    k7 = _layer(32, 1, 16, 84, [0.5, 0.6124, 0.75])  # E3's σ_b 0.5, ISR 1.5
+    for args in (k13, k7, _layer(1, 1, 1, 8, [2.0, 15.12])):
+        assert set(fast_conv._costs(*args)) == {"fft", "rows", "separable"}
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            for args in (k13, k7, _layer(32, 1, 16, 84, [1.0, 1.2247, 1.5], learned=True)):
+                assert fast_conv._choose(*args) != "direct"
+    with torch.inference_mode():  # measured fastest there: 72 ms against 83 (fft) and 82 (rows)
+        assert fast_conv._choose(*k13) == "separable"
+    # Off the CPU the capability plays no part.
+    x, weight, basis = k13
+    assert "direct" in fast_conv._costs(x.to("meta"), weight.to("meta"), basis)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

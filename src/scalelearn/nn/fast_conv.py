@@ -658,6 +658,21 @@ _FORWARD_SHARE = {"direct": 0.134, "fft": 0.33, "rows": 0.35, "separable": 0.175
 # image: 57×57 0.02 s, 59×59 6.7 s, 123×123 24 s; 0.74 s for 123×123 with oneDNN off), so `direct`
 # is only considered up to this kernel side.
 _DIRECT_MAX_SIDE = 57
+
+
+def _direct_fitted(capability: str) -> bool:
+    """Whether `direct` is considered on a CPU of this PyTorch capability
+    (`torch.backends.cpu.get_cpu_capability()`): only AVX-512, the Xeon its constants were fitted
+    on. On an AVX2-only CPU (AMD EPYC, Zen 3, 2026-11-27) oneDNN's conv2d lost everywhere it was
+    timed (toy lifting, 84², batch 32, fixed scales, 1 thread, ms, forward + backward / forward;
+    direct, separable, fft, rows): K 7 143 / 27, 55 / 27, 152 / 77, 123 / 55; K 13 511 / 111,
+    119 / 72, 145 / 83, 168 / 82; K 19 642 / 147, 169 / 89, 160 / 65, 111 / 76; whole training
+    steps at K 13 487 against 172-207 ms, evaluation of 256 images 951 against 580-729 ms. The
+    quick preset's E1 runs at K 13 took 350 s there, those at larger kernels 124-151 s."""
+    return capability.startswith("AVX512")
+
+
+_CPU_DIRECT = _direct_fitted(torch.backends.cpu.get_cpu_capability())
 # `separable`, ns per MAC of its column pass (B·H·W·Cout·Cin·P·Σ_s K_s). Whole calls of the toy
 # lifting (fixed scales, forward + backward, 2 threads, the row pass and the stack included):
 # 84² B 32 K 13 / 19 / 25 / 35 25 / 32 / 45 / 52 ms, 168² B 8 K 25 56 ms, 0.043-0.063 ns per
@@ -685,7 +700,8 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
     learned = basis.profiles.requires_grad
     sides = [(2 * h + 1, 2 * w + 1) for h, w in _half_sizes(basis, height, width)]
     costs = {}
-    if max(max(side) for side in sides) <= _DIRECT_MAX_SIDE:
+    direct = _CPU_DIRECT or x.device.type != "cpu"
+    if direct and max(max(side) for side in sides) <= _DIRECT_MAX_SIDE:
         macs = batch * height * width * in_channels * out_channels * sum(a * b for a, b in sides)
         costs["direct"] = _NS_PER_CONV_MAC * macs
 
