@@ -40,7 +40,8 @@ test: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/pytest
 
-# Tests marked slow (README "Tests"): minutes each, about 12 minutes in all.
+# Tests marked slow (README "Quick start"): minutes each, 14 minutes in all on the AMD machine of
+# 2026-11-27 (.ci/run runs them after `make test`).
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 

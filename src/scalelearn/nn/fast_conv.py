@@ -673,6 +673,7 @@ def _direct_fitted(capability: str) -> bool:
 
 
 _CPU_DIRECT = _direct_fitted(torch.backends.cpu.get_cpu_capability())
+
 # `separable`, ns per MAC of its column pass (B·H·W·Cout·Cin·P·Σ_s K_s). Whole calls of the toy
 # lifting (fixed scales, forward + backward, 2 threads, the row pass and the stack included):
 # 84² B 32 K 13 / 19 / 25 / 35 25 / 32 / 45 / 52 ms, 168² B 8 K 25 56 ms, 0.043-0.063 ns per
