@@ -354,6 +354,23 @@ def test_pooled_relu_moments_give_training_batch_norm_and_pool(dtype, threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pooled_relu_moments_propagate_a_nan(dtype):
+    """A NaN at any scale wins the scale max, survives ReLU and reaches the channel's mean,
+    variance and its window's pooled value, as in the library's head (a diverged run must not
+    look finite)."""
+    y = torch.randn(2, 3, 3, 8, 6, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    y[1, 2, 2, 5, 4] = float("nan")  # the last scale: it must beat the larger values before it
+    y[1, 2, :2, 5, 4] = 9.0
+    weight = torch.tensor([0.7, 1.3, -1.1], dtype=dtype)  # the NaN's channel pools by the min
+    expected = F.adaptive_max_pool2d(F.relu(y.amax(2)), (2, 3))
+    pooled, mean, variance = cpu_kernels.pooled_relu_moments(y, weight >= 0, 2, 3)
+    assert mean.isnan().tolist() == [False, False, True]
+    assert variance[2].isnan()
+    assert pooled[1, 2, 1, 2].isnan() and pooled.isnan().sum() == 1
+    torch.testing.assert_close(pooled[:, :2], expected[:, :2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_bias_relu_pool_is_max_pool_of_relu(dtype):
     """cpu_kernels.bias_relu_pool (SESN's conv → ReLU → pool on the CPU) against
     max_pool3d(relu(x + bias), (1, 2, 2)): values and the gradients of x and the bias, on the

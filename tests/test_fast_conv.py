@@ -401,8 +401,11 @@ def test_avx2_cpus_do_not_take_onednns_convolution(monkeypatch):
         with torch.set_grad_enabled(grad):
             for args in (k13, k7, _layer(32, 1, 16, 84, [1.0, 1.2247, 1.5], learned=True)):
                 assert fast_conv._choose(*args) != "direct"
+    k35 = _layer(60, 1, 16, 84, [1.0, 2.0591, 4.24])  # E1's ISR 4.24: a per-scale test's call
     with torch.inference_mode():  # measured fastest there: 72 ms against 83 (fft) and 82 (rows)
         assert fast_conv._choose(*k13) == "separable"
+        # and here `fft`: 256 images 638 ms against 908 (separable; _SEPARABLE_FORWARD_AVX2)
+        assert fast_conv._choose(*k35) == "fft"
     # Off the CPU the capability plays no part.
     x, weight, basis = k13
     assert "direct" in fast_conv._costs(x.to("meta"), weight.to("meta"), basis)

@@ -674,6 +674,16 @@ def _direct_fitted(capability: str) -> bool:
 
 _CPU_DIRECT = _direct_fitted(torch.backends.cpu.get_cpu_capability())
 
+# `separable`'s column pass is oneDNN's conv2d too, and in evaluation on that AVX2 CPU it ran
+# further behind `fft` than the Xeon's constants say: whole evaluation calls of 256 images (toy,
+# 84², fixed scales, 1 thread, 2026-11-27, ms; fft / rows / separable) K 13 566 / 638 / 514,
+# K 19 585 / 572 / 705, K 25 666 / 590 / 830, K 35 638 / 727 / 908, K 49 775 / 830 / -: 1.3-1.5x
+# the estimates' separable / fft. Its forward estimate is scaled by this factor off AVX-512,
+# which puts `separable` first at K 13 and `fft` from K 19 (rows' small lead at K 19 and 25 is
+# within the noise). Training steps (116 / 123 ms for separable / fft at K 13, 179 / 139 at
+# K 19, 226 / 179 at K 35) were ranked so already.
+_SEPARABLE_FORWARD_AVX2 = 1.4
+
 # `separable`, ns per MAC of its column pass (B·H·W·Cout·Cin·P·Σ_s K_s). Whole calls of the toy
 # lifting (fixed scales, forward + backward, 2 threads, the row pass and the stack included):
 # 84² B 32 K 13 / 19 / 25 / 35 25 / 32 / 45 / 52 ms, 168² B 8 K 25 56 ms, 0.043-0.063 ns per
@@ -740,6 +750,8 @@ def _costs(x: Tensor, weight: Tensor, basis: ScaleBasis, backward: bool = True) 
         shares = dict(_FORWARD_SHARE)
         if lifting:
             shares["fft"] = _CPU_LIFTING_FORWARD_SHARE
+        if not direct:
+            shares["separable"] *= _SEPARABLE_FORWARD_AVX2
         return {method: cost * shares[method] for method, cost in costs.items()}
     if x.requires_grad or learned:
         # The gradient of the row pass's output: its spectrum, a second channel mix, and a
