@@ -217,7 +217,7 @@ def _kernels() -> dict:
         order, as adaptive max pooling's; a NaN wins); sums [B, C, 2] = Σ r and Σ r² in
         float64. Selections on `|` and `&` over 32-bit types, as `bias_relu_pool`'s (on the
         AMD machine, 1 thread: one pass of a real E1 step, 4 images at K 35, 4.0 -> 3.1 ms, its
-        gradient 2.5 -> 1.2 ms; whole E1 steps 5-13 % less time)."""
+        gradient 2.5 -> 1.2 ms; whole E1 steps 4-13 % less time)."""
         front = parts[0]
         batch, channels, _, height = front.shape[:4]
         rows, cols = pooled.shape[2], pooled.shape[3]
