@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scalelearn.nn import windows
 from scalelearn.nn.cpu_fft import (
     h2h,
     h2h_bias_relu_pool,
@@ -881,6 +882,10 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
     the gradient straight into the transform's zero-padded input."""
     method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
+        if method == "fft" and _cpu_lifting(x, weight) and not x.requires_grad:
+            windowed = _windowed_pooled(x, weight, basis, increasing, rows, cols)
+            if windowed is not None:
+                return windowed
         plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_pooled_relu_moments(*plan, increasing, rows, cols)
@@ -890,6 +895,26 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
         padded = _apply(x, weight, basis, method, crop=False)
         return pooled_relu_moments(padded, increasing, rows, cols, width=x.shape[-1])
     return pooled_relu_moments(_apply(x, weight, basis, method), increasing, rows, cols)
+
+
+def _windowed_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing, rows, cols):
+    """`z2h_fast_pooled` over each image's ink window (`windows`), or None where `windows.plan`
+    finds the canvas's lifting cheaper."""
+
+    def runs_of(side: int):
+        return _fft_runs(basis, side, side, "cpu_lifting")
+
+    plan = windows.plan(x, basis, runs_of)
+    if plan is None:
+        return None
+    dtype = _spectral_dtype(x, weight)
+    weight = weight.to(dtype)
+
+    def spectra_of(side: int):
+        return _lifting_spectra(weight, basis, runs_of(side))
+
+    pooled = windows.pooled_relu_moments
+    return pooled(x.to(dtype), weight, basis, plan, spectra_of, increasing, rows, cols)
 
 
 def z2h_fast_extremes(x: Tensor, weight: Tensor, basis: ScaleBasis, rows: int, cols: int):

@@ -1,0 +1,221 @@
+"""The toy model's training lifting over each image's ink window (CPU, `fft`).
+
+A digit of the scale-distribution datasets lies on a constant background β (its canvas's zero,
+normalised). The lifting is linear, so with 1 the canvas of ones
+
+    lift(x) = β · lift(1) + lift(x − β),
+
+and x − β is zero outside the ink: lift(x − β) is zero outside the ink's bounding box widened by
+the kernel's half size (clipped to the canvas), the image's window. lift(1), the background's
+part P [1, C, S, H, W], is the same for every image and separable (`background`); each window is
+lifted at the FFT lengths of its own size, images of one window size together (a group), and
+the head (`cpu_kernels.relu_max_pool_moments`) reads β·P with the window's lifting added, a few
+images at a time. Windows are square, of sides rounded up to WINDOW_STEP pixels, so that a batch
+falls into a few groups, each with its own kernel spectra.
+
+The same values as the whole canvas's lifting, rounded differently (float64: equal to 1e-14).
+On a narrow distribution the windows are a fraction of the canvas (the quick preset's training
+digits: K 13 needs 0.19 of the transforms' work at b = 2.83, 0.48 at b = 8; K 49 0.80 and 0.90);
+where they are not, `plan` declines and the caller lifts the canvas.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from scalelearn.nn import cpu_fft
+from scalelearn.nn.cpu_kernels import (
+    relu_max_pool_moments_grad,
+    relu_max_pool_moments_into,
+    relu_max_pool_moments_outputs,
+    relu_max_pool_moments_result,
+)
+from scalelearn.nn.hermite import ScaleBasis
+
+# Window sides are multiples of this many pixels (or the canvas's side): few groups per batch.
+WINDOW_STEP = 16
+# The windows are lifted where their transforms' work (every image's, plus two images' worth for
+# each group's kernel spectra and their gradient) is at most this share of the canvas's.
+WORK_SHARE = 0.8
+
+
+@dataclass
+class Plan:
+    """Images sorted by window side: order [B] (sorted position -> image), beta [B] (sorted), and
+    per group (side, start, stop, tops, lefts): images start … stop − 1 of the sorted batch have
+    the window side × side at (tops[i], lefts[i])."""
+
+    order: Tensor
+    beta: Tensor
+    groups: list[tuple[int, int, int, list[int], list[int]]]
+
+
+def _work(runs) -> float:
+    """One image's transform work at these runs: Σ S'·L_H·L_W·log2(L_H·L_W)."""
+    return sum((stop - first) * h * w * math.log2(h * w) for (first, stop), (h, w), _ in runs)
+
+
+def _extent(ink: Tensor) -> tuple[Tensor, Tensor]:
+    """ink bool [B, N] (any pixel in each row or column) -> first and last True index [B]
+    (N and −1 where none)."""
+    index = torch.arange(ink.shape[1])
+    first = torch.where(ink, index, ink.shape[1]).amin(1)
+    last = torch.where(ink, index, -1).amax(1)
+    return first, last
+
+
+def plan(x: Tensor, basis: ScaleBasis, runs_of) -> Plan | None:
+    """The windows of x [B, 1, H, W] (square H × W canvas), or None where lifting them is not
+    worth it (WORK_SHARE); runs_of(side) = `fast_conv._fft_runs` of a side × side image."""
+    batch, _, height, width = x.shape
+    if height != width or batch < 2:
+        return None
+    half = min(basis.kernel_size // 2, height - 1)
+    beta = x[:, 0, 0, 0]
+    ink = x[:, 0] != beta[:, None, None]
+    top, bottom = _extent(ink.any(2))
+    left, right = _extent(ink.any(1))
+    extent = torch.maximum(bottom - top, right - left).clamp(min=0) + 1 + 2 * half
+    side = (-(-extent // WINDOW_STEP) * WINDOW_STEP).clamp(max=height)
+    sides = side.tolist()
+    work = {s: _work(runs_of(s)) for s in set(sides)}
+    spectra = 2 * sum(work.values())  # each group's kernel spectra and their gradient
+    if sum(work[s] for s in sides) + spectra > WORK_SHARE * batch * _work(runs_of(height)):
+        return None
+    # Each window starts half a kernel before the ink, inside the canvas: it holds the ink ± half.
+    top = torch.minimum((top - half).clamp(min=0), height - side)
+    left = torch.minimum((left - half).clamp(min=0), width - side)
+    order = torch.argsort(side, stable=True)
+    groups, start = [], 0
+    values, counts = torch.unique_consecutive(side[order], return_counts=True)
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        stop = start + count
+        members = order[start:stop]
+        groups.append((value, start, stop, top[members].tolist(), left[members].tolist()))
+        start = stop
+    return Plan(order, beta[order], groups)
+
+
+def background(weight: Tensor, basis: ScaleBasis, height: int, width: int) -> Tensor:
+    """lift(1) of the H × W canvas of ones: [1, Cout, S, H, W]. Separable: y[o, s, h, w] =
+    Σ_f W[o, f] · A[s, row(f), h] · A'[s, col(f), w], with A[s, p, h] = the sum of profile p
+    of scale s over the offsets that stay on the canvas from row h."""
+    profiles = basis.profiles.to(weight.dtype)  # [S, P, K]
+    size = profiles.shape[-1]
+    offsets = torch.arange(size) - size // 2
+
+    def sums(length: int) -> Tensor:  # [S, P, length]
+        inside = torch.arange(length)[:, None] + offsets
+        mask = ((inside >= 0) & (inside < length)).to(profiles.dtype)  # [length, K]
+        return profiles @ mask.T
+
+    rows = sums(height)[:, basis.row_index]  # [S, F, H]
+    cols = sums(width)[:, basis.col_index]  # [S, F, W]
+    out_channels = weight.shape[0]
+    weighted = weight.reshape(out_channels, 1, -1, 1) * rows[None]  # [Cout, S, F, H]
+    y = weighted.transpose(-1, -2) @ cols[None]  # [Cout, S, H, W]
+    return y[None]
+
+
+def _placed(plan: Plan, group, local: Tensor, start: int, images: slice, back: Tensor, out):
+    """y of the sorted batch's `images` (of one group whose first image is `start`): β·P with
+    each window's lifting added, written into out[:n] -> that view [n, Cout, S, H, W]."""
+    side, _, _, tops, lefts = group
+    count = images.stop - images.start
+    y = torch.mul(plan.beta[images, None, None, None, None], back, out=out[:count])
+    for i in range(images.start, images.stop):
+        top, left = tops[i - start], lefts[i - start]
+        y[i - images.start, :, :, top : top + side, left : left + side] += local[i - start]
+    return y
+
+
+class _WindowedHead(torch.autograd.Function):
+    """(background P [1, Cout, S, H, W], each group's window lifting [n, Cout, S, side, side]) ->
+    `cpu_kernels.relu_max_pool_moments` of y = β·P + the windows (pooled [B, Cout, R, Q] of the
+    sorted batch, mean, variance [Cout]); y is never whole, a few images at a time."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, increasing, rows, cols, back: Tensor, *locals: Tensor):
+        batch, shape = len(plan.beta), back.shape[1:]
+        outputs = relu_max_pool_moments_outputs((batch, *shape), back.dtype, rows, cols)
+        step = _images_per_pass(plan, shape, back.element_size())
+        buffer = back.new_empty(step, *shape)
+        for group, local in zip(plan.groups, locals, strict=True):
+            _, start, stop, _, _ = group
+            for images in _slices(start, stop, step):
+                y = _placed(plan, group, local, start, images, back, buffer)
+                relu_max_pool_moments_into(y, increasing, [t[images] for t in outputs])
+        pooled, mean, variance, saved = relu_max_pool_moments_result(outputs, back.dtype)
+        ctx.save_for_backward(mean, *saved)
+        ctx.plan, ctx.shape = plan, back.shape
+        ctx.local_shapes = [local.shape for local in locals]
+        return pooled, mean, variance
+
+    @staticmethod
+    def backward(ctx, grad_pooled, grad_mean, grad_variance):
+        mean, *saved = ctx.saved_tensors
+        plan, shape = ctx.plan, ctx.shape
+        count = len(plan.beta) * shape[-2] * shape[-1]
+        step = _images_per_pass(plan, shape[1:], mean.element_size())
+        buffer = mean.new_empty(step, *shape[1:])
+        grad_back = mean.new_zeros(shape[1:])
+        grad_locals = []
+        for group, local_shape in zip(plan.groups, ctx.local_shapes, strict=True):
+            side, start, stop, tops, lefts = group
+            grad_local = mean.new_empty(local_shape)
+            for images in _slices(start, stop, step):
+                grad = buffer[: images.stop - images.start]
+                pooled = None if grad_pooled is None else grad_pooled[images]
+                parts = [t[images] for t in saved]
+                relu_max_pool_moments_grad(
+                    parts, mean, pooled, grad_mean, grad_variance, count, grad
+                )
+                for i in range(images.start, images.stop):
+                    # One image at a time, in order: the same sums for every thread count.
+                    grad_back.add_(grad[i - images.start], alpha=float(plan.beta[i]))
+                    top, left = tops[i - start], lefts[i - start]
+                    window = grad[i - images.start, :, :, top : top + side, left : left + side]
+                    grad_local[i - start] = window
+            grad_locals.append(grad_local)
+        return None, None, None, None, grad_back[None], *grad_locals
+
+
+def _images_per_pass(plan: Plan, shape, element_size: int) -> int:
+    """Images of y [Cout, S, H, W] per pass: as many as fit in cpu_fft.PASS_BYTES (at least one,
+    at most the largest group)."""
+    largest = max(stop - start for _, start, stop, _, _ in plan.groups)
+    return min(largest, max(1, cpu_fft.PASS_BYTES // (math.prod(shape) * element_size)))
+
+
+def _slices(start: int, stop: int, step: int) -> list[slice]:
+    return [slice(i, min(i + step, stop)) for i in range(start, stop, step)]
+
+
+def pooled_relu_moments(x, weight, basis, plan_: Plan, spectra_of, increasing, rows, cols):
+    """The toy model's training head up to batch norm over the windows of `plan_` (`plan`):
+    x [B, 1, H, W] -> (pooled [B, Cout, R, Q], mean, variance [Cout]), as
+    `cpu_fft.lifting_pooled_relu_moments` of the canvas; spectra_of(side) -> (kernels, lengths)
+    of `cpu_fft.lifting` for a side × side image."""
+    height, width = x.shape[-2:]
+    sorted_x = x[plan_.order]
+    locals_ = []
+    for side, start, stop, tops, lefts in plan_.groups:
+        windows = (
+            torch.stack(
+                [
+                    sorted_x[i, :, top : top + side, left : left + side]
+                    for i, top, left in zip(range(start, stop), tops, lefts, strict=True)
+                ]
+            )
+            - plan_.beta[start:stop, None, None, None]
+        )
+        locals_.append(cpu_fft.lifting(windows, *spectra_of(side)))
+    back = background(weight, basis, height, width)
+    pooled, mean, variance = _WindowedHead.apply(plan_, increasing, rows, cols, back, *locals_)
+    inverse = torch.empty_like(plan_.order)
+    inverse[plan_.order] = torch.arange(len(inverse))
+    return pooled[inverse], mean, variance

@@ -1,0 +1,174 @@
+"""The toy model's training lifting over each image's ink window (scalelearn.nn.windows): the
+background's separable lifting, the windows' placement, and whole training steps against the
+dense model's modules in float64."""
+
+import pytest
+import torch
+
+from scalelearn.nn import cpu_fft, fast_conv, windows
+from scalelearn.nn.hermite import HermiteBasis
+from scalelearn.nn.models import build_model
+
+SMALL_KERNELS = {"name": "toy", "sigma_basis": 0.5, "isr": 2.0}  # K 9 (half 4)
+
+
+def digits_on_backgrounds(count: int, canvas: int, seed: int, levels=(0.0,)) -> torch.Tensor:
+    """[count, 1, canvas, canvas] float64: smooth blobs ("ink", 3-20 px, largest first, some at
+    the canvas's edge) on a constant background per image (cycling through `levels`)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.empty(count, 1, canvas, canvas, dtype=torch.float64)
+    sizes = (20, 3, 14, 5, 9, 17, 4)  # not in order: the windowed head sorts them and back
+    for i in range(count):
+        size = sizes[i % len(sizes)]
+        ink = torch.rand(1, 1, 3, 3, generator=generator, dtype=torch.float64)
+        ink = torch.nn.functional.interpolate(ink, size=size, mode="bilinear")[0, 0] + 0.1
+        top, left = torch.randint(0, canvas - size + 1, (2,), generator=generator).tolist()
+        if i % 3 == 2:
+            top = canvas - size  # ink at the edge: its window is clamped into the canvas
+        images[i] = levels[i % len(levels)]
+        images[i, 0, top : top + size, left : left + size] += ink
+    return images
+
+
+def assert_close_to_scale(actual, expected, name, rtol=1e-9):
+    """|actual − expected| ≤ rtol · max |expected| (float64 sums of thousands of terms: the
+    elements near zero keep the rounding of the large ones)."""
+    error = float((actual - expected).abs().max())
+    assert error <= rtol * float(expected.abs().max()), f"{name}: {error}"
+
+
+@pytest.mark.parametrize(
+    "scales, size", [([0.5, 0.7, 1.0], 20), ([2.0, 3.46, 6.0], 30)], ids=["k9", "k49_over_image"]
+)
+def test_background_is_the_lifting_of_the_canvas_of_ones(scales, size):
+    """`windows.background` (separable sums of the profiles) equals the direct lifting of a
+    canvas of ones, and so do its gradients with respect to the weights and the scales."""
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(4, 1, 25, generator=generator, dtype=torch.float64, requires_grad=True)
+    scales = torch.tensor(scales, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(1, 4, len(scales), size, size, generator=generator, dtype=torch.float64)
+    ones = torch.ones(1, 1, size, size, dtype=torch.float64)
+    results = []
+    for lift in (
+        lambda basis: windows.background(weight, basis, size, size),
+        lambda basis: fast_conv._direct(ones, weight, basis),
+    ):
+        y = lift(HermiteBasis("hermite_a", 5)(scales))
+        results.append((y, *torch.autograd.grad(y, [weight, scales], grad_out)))
+    for actual, expected in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_windows_hold_the_ink_and_all_the_kernels_reach():
+    """Every window lies in the canvas, is square with a side of WINDOW_STEP multiples (or the
+    canvas's), and holds the image's ink widened by the kernel's half size (what the kernels
+    reach), whatever each image's background level; images sorted by window side."""
+    canvas = 64
+    x = digits_on_backgrounds(24, canvas, seed=3, levels=(-0.4, 0.0, 1.3))
+    basis = build_model(SMALL_KERNELS).basis()
+    half = basis.kernel_size // 2
+    plan = windows.plan(x, basis, lambda n: fast_conv._fft_runs(basis, n, n, "cpu_lifting"))
+    assert plan is not None and len(plan.groups) >= 2
+    assert sorted(plan.order.tolist()) == list(range(len(x)))
+    sides = []
+    for side, start, stop, tops, lefts in plan.groups:
+        assert side % windows.WINDOW_STEP == 0 or side == canvas
+        sides += [side] * (stop - start)
+        for i, top, left in zip(range(start, stop), tops, lefts, strict=True):
+            image = x[plan.order[i], 0]
+            assert plan.beta[i] == image[0, 0]
+            rows, cols = (image != image[0, 0]).nonzero().unbind(1)
+            assert 0 <= top and top + side <= canvas and 0 <= left and left + side <= canvas
+            assert top <= max(0, int(rows.min()) - half)
+            assert top + side >= min(canvas, int(rows.max()) + 1 + half)
+            assert left <= max(0, int(cols.min()) - half)
+            assert left + side >= min(canvas, int(cols.max()) + 1 + half)
+    assert sides == sorted(sides)
+
+
+def test_windows_are_declined_where_they_would_cost_more():
+    """No constant background (noise): every window is the canvas, and `plan` declines; the
+    same for ink that fills the canvas."""
+    basis = build_model(SMALL_KERNELS).basis()
+
+    def runs_of(side):
+        return fast_conv._fft_runs(basis, side, side, "cpu_lifting")
+
+    noise = torch.randn(8, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert windows.plan(noise, basis, runs_of) is None
+    assert windows.plan(digits_on_backgrounds(8, 64, seed=1), basis, runs_of) is not None
+    large = digits_on_backgrounds(8, 24, seed=1)  # 3-20 px of ink on 24 px
+    assert windows.plan(large, basis, runs_of) is None
+
+
+@pytest.mark.parametrize("pass_bytes", [1 << 40, 1], ids=["one_pass", "image_by_image"])
+@pytest.mark.parametrize(
+    "scale_mode, learn_sigma_basis", [("fixed", False), ("single_ratio_squared", True)]
+)
+def test_windowed_training_step_equals_the_modules(
+    scale_mode, learn_sigma_basis, pass_bytes, monkeypatch
+):
+    """A CPU training step of the fast toy model on images with constant backgrounds (levels
+    that differ per image) lifts the windows (`windows.pooled_relu_moments`, several groups):
+    the same logits, gradients (weights and scales) and BatchNorm running statistics as the
+    dense model's modules, in float64, over two steps."""
+    monkeypatch.setattr(cpu_fft, "PASS_BYTES", pass_bytes)
+    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
+    cfg = {**SMALL_KERNELS, "scale_mode": scale_mode, "learn_sigma_basis": learn_sigma_basis}
+    torch.manual_seed(0)
+    fast = build_model({**cfg, "implementation": "fast"}).double()
+    dense = build_model({**cfg, "implementation": "dense"}).double()
+    dense.load_state_dict(fast.state_dict())
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        weight = torch.randn(16, generator=generator, dtype=torch.float64)  # both signs
+        for model in (fast, dense):
+            model.bn.weight.copy_(weight)
+    x = digits_on_backgrounds(6, 64, seed=4, levels=(-0.42, -0.42, 0.7))
+    plans = []
+    original = windows.plan
+    monkeypatch.setattr(windows, "plan", lambda *a: plans.append(original(*a)) or plans[-1])
+    for _ in range(2):
+        logits = []
+        for model in (fast, dense):
+            model.train()
+            model.zero_grad()
+            out = model(x)
+            out.square().sum().backward()
+            logits.append(out)
+        torch.testing.assert_close(logits[0], logits[1], rtol=1e-9, atol=1e-12)
+        parameters = zip(fast.named_parameters(), dense.named_parameters(), strict=True)
+        for (name, a), (_, b) in parameters:
+            if b.grad is not None:
+                assert_close_to_scale(a.grad, b.grad, name)
+        for (name, a), (_, b) in zip(fast.named_buffers(), dense.named_buffers(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+    assert len(plans) == 2 and all(plan is not None and len(plan.groups) >= 2 for plan in plans)
+    if learn_sigma_basis:
+        assert dense.basis.internal_scales.theta.grad.abs() > 1e-6
+
+
+def test_windowed_training_step_gives_the_same_bits_for_every_thread_count(monkeypatch):
+    """Logits and the lifting's gradients (weights, scales) with 1 and 2 threads. (Not the
+    Linear head's weight gradient: MKL sums its batch in an order that follows the thread
+    count, on the canvas's path too; a run config fixes its threads.)"""
+    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
+    x = digits_on_backgrounds(8, 64, seed=5, levels=(-0.42,)).float()
+    results, calls = [], []
+    original = windows.pooled_relu_moments
+    monkeypatch.setattr(windows, "pooled_relu_moments", lambda *a: calls.append(1) or original(*a))
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            torch.manual_seed(0)
+            model = build_model({**SMALL_KERNELS, "scale_mode": "single_ratio_squared"}).train()
+            out = model(x)
+            out.square().sum().backward()
+            lifting = (model.conv.weight, model.basis.internal_scales.theta)
+            results.append([out, *(p.grad for p in lifting)])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 2
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
