@@ -4,6 +4,7 @@ dense model's modules in float64."""
 
 import pytest
 import torch
+from test_fast_conv import assert_training_steps_agree
 
 from scalelearn.nn import cpu_fft, fast_conv, windows
 from scalelearn.nn.hermite import HermiteBasis
@@ -28,13 +29,6 @@ def digits_on_backgrounds(count: int, canvas: int, seed: int, levels=(0.0,)) -> 
         images[i] = levels[i % len(levels)]
         images[i, 0, top : top + size, left : left + size] += ink
     return images
-
-
-def assert_close_to_scale(actual, expected, name, rtol=1e-9):
-    """|actual − expected| ≤ rtol · max |expected| (float64 sums of thousands of terms: the
-    elements near zero keep the rounding of the large ones)."""
-    error = float((actual - expected).abs().max())
-    assert error <= rtol * float(expected.abs().max()), f"{name}: {error}"
 
 
 @pytest.mark.parametrize(
@@ -67,7 +61,7 @@ def test_windows_hold_the_ink_and_all_the_kernels_reach():
     x = digits_on_backgrounds(24, canvas, seed=3, levels=(-0.4, 0.0, 1.3))
     basis = build_model(SMALL_KERNELS).basis()
     half = basis.kernel_size // 2
-    plan = windows.plan(x, basis, lambda n: fast_conv._fft_runs(basis, n, n, "cpu_lifting"))
+    plan = windows.plan_windows(x, basis, lambda n: fast_conv._fft_runs(basis, n, n, "cpu_lifting"))
     assert plan is not None and len(plan.groups) >= 2
     assert sorted(plan.order.tolist()) == list(range(len(x)))
     sides = []
@@ -87,7 +81,7 @@ def test_windows_hold_the_ink_and_all_the_kernels_reach():
 
 
 def test_windows_are_declined_where_they_would_cost_more():
-    """No constant background (noise): every window is the canvas, and `plan` declines; the
+    """No constant background (noise): every window is the canvas, and `plan_windows` declines; the
     same for ink that fills the canvas."""
     basis = build_model(SMALL_KERNELS).basis()
 
@@ -95,10 +89,10 @@ def test_windows_are_declined_where_they_would_cost_more():
         return fast_conv._fft_runs(basis, side, side, "cpu_lifting")
 
     noise = torch.randn(8, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-    assert windows.plan(noise, basis, runs_of) is None
-    assert windows.plan(digits_on_backgrounds(8, 64, seed=1), basis, runs_of) is not None
+    assert windows.plan_windows(noise, basis, runs_of) is None
+    assert windows.plan_windows(digits_on_backgrounds(8, 64, seed=1), basis, runs_of) is not None
     large = digits_on_backgrounds(8, 24, seed=1)  # 3-20 px of ink on 24 px
-    assert windows.plan(large, basis, runs_of) is None
+    assert windows.plan_windows(large, basis, runs_of) is None
 
 
 @pytest.mark.parametrize("pass_bytes", [1 << 40, 1], ids=["one_pass", "image_by_image"])
@@ -126,23 +120,9 @@ def test_windowed_training_step_equals_the_modules(
             model.bn.weight.copy_(weight)
     x = digits_on_backgrounds(6, 64, seed=4, levels=(-0.42, -0.42, 0.7))
     plans = []
-    original = windows.plan
-    monkeypatch.setattr(windows, "plan", lambda *a: plans.append(original(*a)) or plans[-1])
-    for _ in range(2):
-        logits = []
-        for model in (fast, dense):
-            model.train()
-            model.zero_grad()
-            out = model(x)
-            out.square().sum().backward()
-            logits.append(out)
-        torch.testing.assert_close(logits[0], logits[1], rtol=1e-9, atol=1e-12)
-        parameters = zip(fast.named_parameters(), dense.named_parameters(), strict=True)
-        for (name, a), (_, b) in parameters:
-            if b.grad is not None:
-                assert_close_to_scale(a.grad, b.grad, name)
-        for (name, a), (_, b) in zip(fast.named_buffers(), dense.named_buffers(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+    original = windows.plan_windows
+    monkeypatch.setattr(windows, "plan_windows", lambda *a: plans.append(original(*a)) or plans[-1])
+    assert_training_steps_agree(fast, dense, x)
     assert len(plans) == 2 and all(plan is not None and len(plan.groups) >= 2 for plan in plans)
     if learn_sigma_basis:
         assert dense.basis.internal_scales.theta.grad.abs() > 1e-6

@@ -13,10 +13,10 @@ the head (`cpu_kernels.relu_max_pool_moments`) reads β·P with the window's lif
 images at a time. Windows are square, of sides rounded up to WINDOW_STEP pixels, so that a batch
 falls into a few groups, each with its own kernel spectra.
 
-The same values as the whole canvas's lifting, rounded differently (float64: equal to 1e-14).
+The same values as the whole canvas's lifting, rounded differently.
 On a narrow distribution the windows are a fraction of the canvas (the quick preset's training
 digits: K 13 needs 0.19 of the transforms' work at b = 2.83, 0.48 at b = 8; K 49 0.80 and 0.90);
-where they are not, `plan` declines and the caller lifts the canvas.
+where they are not, `plan_windows` declines and the caller lifts the canvas.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ from scalelearn.nn.hermite import ScaleBasis
 
 # Window sides are multiples of this many pixels (or the canvas's side): few groups per batch.
 WINDOW_STEP = 16
-# The windows are lifted where their transforms' work (every image's, plus two images' worth for
-# each group's kernel spectra and their gradient) is at most this share of the canvas's.
+# The windows are lifted where their transforms' work (every image's, plus SPECTRA_IMAGES images'
+# for each group's kernel spectra and their gradient) is at most this share of the canvas's. E1's
+# steps were as fast either way near the line, and faster below it (README "Throughput").
 WORK_SHARE = 0.8
+SPECTRA_IMAGES = 2.0
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _extent(ink: Tensor) -> tuple[Tensor, Tensor]:
     return first, last
 
 
-def plan(x: Tensor, basis: ScaleBasis, runs_of) -> Plan | None:
+def plan_windows(x: Tensor, basis: ScaleBasis, runs_of) -> Plan | None:
     """The windows of x [B, 1, H, W] (square H × W canvas), or None where lifting them is not
     worth it (WORK_SHARE); runs_of(side) = `fast_conv._fft_runs` of a side × side image."""
     batch, _, height, width = x.shape
@@ -83,7 +85,7 @@ def plan(x: Tensor, basis: ScaleBasis, runs_of) -> Plan | None:
     side = (-(-extent // WINDOW_STEP) * WINDOW_STEP).clamp(max=height)
     sides = side.tolist()
     work = {s: _work(runs_of(s)) for s in set(sides)}
-    spectra = 2 * sum(work.values())  # each group's kernel spectra and their gradient
+    spectra = SPECTRA_IMAGES * sum(work.values())  # each group's kernel spectra, their gradient
     if sum(work[s] for s in sides) + spectra > WORK_SHARE * batch * _work(runs_of(height)):
         return None
     # Each window starts half a kernel before the ink, inside the canvas: it holds the ink ± half.
@@ -195,15 +197,15 @@ def _slices(start: int, stop: int, step: int) -> list[slice]:
     return [slice(i, min(i + step, stop)) for i in range(start, stop, step)]
 
 
-def pooled_relu_moments(x, weight, basis, plan_: Plan, spectra_of, increasing, rows, cols):
-    """The toy model's training head up to batch norm over the windows of `plan_` (`plan`):
+def pooled_relu_moments(x, weight, basis, plan: Plan, spectra_of, increasing, rows, cols):
+    """The toy model's training head up to batch norm over the windows of `plan` (`plan_windows`):
     x [B, 1, H, W] -> (pooled [B, Cout, R, Q], mean, variance [Cout]), as
     `cpu_fft.lifting_pooled_relu_moments` of the canvas; spectra_of(side) -> (kernels, lengths)
     of `cpu_fft.lifting` for a side × side image."""
     height, width = x.shape[-2:]
-    sorted_x = x[plan_.order]
+    sorted_x = x[plan.order]
     locals_ = []
-    for side, start, stop, tops, lefts in plan_.groups:
+    for side, start, stop, tops, lefts in plan.groups:
         windows = (
             torch.stack(
                 [
@@ -211,11 +213,11 @@ def pooled_relu_moments(x, weight, basis, plan_: Plan, spectra_of, increasing, r
                     for i, top, left in zip(range(start, stop), tops, lefts, strict=True)
                 ]
             )
-            - plan_.beta[start:stop, None, None, None]
+            - plan.beta[start:stop, None, None, None]
         )
         locals_.append(cpu_fft.lifting(windows, *spectra_of(side)))
     back = background(weight, basis, height, width)
-    pooled, mean, variance = _WindowedHead.apply(plan_, increasing, rows, cols, back, *locals_)
-    inverse = torch.empty_like(plan_.order)
-    inverse[plan_.order] = torch.arange(len(inverse))
+    pooled, mean, variance = _WindowedHead.apply(plan, increasing, rows, cols, back, *locals_)
+    inverse = torch.empty_like(plan.order)
+    inverse[plan.order] = torch.arange(len(inverse))
     return pooled[inverse], mean, variance
