@@ -881,7 +881,8 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
     Cout, rows, cols], mean [Cout], variance [Cout]) of relu(max over the scales of the
     lifting), the toy model's training head up to batch norm. Where `fft` lifts on the CPU, the
     two are one autograd function (`cpu_fft.lifting_pooled_relu_moments`), whose backward writes
-    the gradient straight into the transform's zero-padded input."""
+    the gradient straight into the transform's zero-padded input; where the images' ink lies on
+    a constant background in windows small enough, the windows are lifted instead (`windows`)."""
     method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
         if method == "fft" and _cpu_lifting(x, weight) and not x.requires_grad:
