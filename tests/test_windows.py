@@ -122,7 +122,8 @@ def test_windowed_training_step_equals_the_modules(
     plans = []
     original = windows.plan_windows
     monkeypatch.setattr(windows, "plan_windows", lambda *a: plans.append(original(*a)) or plans[-1])
-    assert_training_steps_agree(fast, dense, x)
+    # Blobs on flat backgrounds leave some weight gradients near zero, the dense model's too.
+    assert_training_steps_agree(fast, dense, x, grad_atol=None)
     assert len(plans) == 2 and all(plan is not None and len(plan.groups) >= 2 for plan in plans)
     if learn_sigma_basis:
         assert dense.basis.internal_scales.theta.grad.abs() > 1e-6

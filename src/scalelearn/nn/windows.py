@@ -148,13 +148,12 @@ class _WindowedHead(torch.autograd.Function):
         buffer = back.new_empty(step, *shape)
         for group, local in zip(plan.groups, locals, strict=True):
             _, start, stop, _, _ = group
-            for images in _slices(start, stop, step):
+            for images in cpu_fft._slices(stop, step, start):
                 y = _placed(plan, group, local, start, images, back, buffer)
                 relu_max_pool_moments_into(y, increasing, [t[images] for t in outputs])
         pooled, mean, variance, saved = relu_max_pool_moments_result(outputs, back.dtype)
         ctx.save_for_backward(mean, *saved)
         ctx.plan, ctx.shape = plan, back.shape
-        ctx.local_shapes = [local.shape for local in locals]
         return pooled, mean, variance
 
     @staticmethod
@@ -166,10 +165,9 @@ class _WindowedHead(torch.autograd.Function):
         buffer = mean.new_empty(step, *shape[1:])
         grad_back = mean.new_zeros(shape[1:])
         grad_locals = []
-        for group, local_shape in zip(plan.groups, ctx.local_shapes, strict=True):
-            side, start, stop, tops, lefts = group
-            grad_local = mean.new_empty(local_shape)
-            for images in _slices(start, stop, step):
+        for side, start, stop, tops, lefts in plan.groups:
+            grad_local = mean.new_empty(stop - start, *shape[1:3], side, side)
+            for images in cpu_fft._slices(stop, step, start):
                 grad = buffer[: images.stop - images.start]
                 pooled = None if grad_pooled is None else grad_pooled[images]
                 parts = [t[images] for t in saved]
@@ -187,14 +185,9 @@ class _WindowedHead(torch.autograd.Function):
 
 
 def _images_per_pass(plan: Plan, shape, element_size: int) -> int:
-    """Images of y [Cout, S, H, W] per pass: as many as fit in cpu_fft.PASS_BYTES (at least one,
-    at most the largest group)."""
+    """Images of y [Cout, S, H, W] per pass (`cpu_fft.images_per_pass` of the largest group)."""
     largest = max(stop - start for _, start, stop, _, _ in plan.groups)
-    return min(largest, max(1, cpu_fft.PASS_BYTES // (math.prod(shape) * element_size)))
-
-
-def _slices(start: int, stop: int, step: int) -> list[slice]:
-    return [slice(i, min(i + step, stop)) for i in range(start, stop, step)]
+    return cpu_fft.images_per_pass(largest, math.prod(shape) * element_size)
 
 
 def pooled_relu_moments(x, weight, basis, plan: Plan, spectra_of, increasing, rows, cols):
