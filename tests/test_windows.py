@@ -1,12 +1,13 @@
-"""The toy model's training lifting over each image's ink window (scalelearn.nn.windows): the
-background's separable lifting, the windows' placement, and whole training steps against the
-dense model's modules in float64."""
+"""The toy model's lifting over each image's ink window (scalelearn.nn.windows): the background's
+separable lifting, the windows' placement, whole training steps and evaluation against the dense
+model's modules in float64."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_fast_conv import assert_training_steps_agree
 
-from scalelearn.nn import cpu_fft, fast_conv, windows
+from scalelearn.nn import cpu_fft, cpu_kernels, fast_conv, windows
 from scalelearn.nn.hermite import HermiteBasis
 from scalelearn.nn.models import build_model
 
@@ -153,3 +154,79 @@ def test_windowed_training_step_gives_the_same_bits_for_every_thread_count(monke
     assert len(calls) == 2
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def test_windowed_scale_max_pool_reads_the_background_outside_the_window():
+    """`cpu_kernels.windowed_scale_max_pool` against y = β·P + each window placed on the canvas,
+    whole, reduced by torch: the max over the scales, then every pool window's max and min.
+    Backgrounds of both signs (β < 0 takes P's minimum over the scales), windows at the canvas's
+    corners and inside, scales in two parts."""
+    generator = torch.Generator().manual_seed(2)
+    canvas, side, scales = 24, 10, 3
+    back = torch.randn(4, scales, canvas, canvas, generator=generator, dtype=torch.float64)
+    local = torch.randn(5, 4, scales, side, side, generator=generator, dtype=torch.float64)
+    beta = torch.tensor([0.7, -0.4, 0.0, -1.3, 2.0], dtype=torch.float64)
+    tops, lefts = torch.tensor([0, 14, 5, 14, 3]), torch.tensor([0, 14, 9, 0, 14])
+    y = beta[:, None, None, None, None] * back
+    for i in range(len(beta)):
+        top, left = int(tops[i]), int(lefts[i])
+        y[i, :, :, top : top + side, left : left + side] += local[i]
+    scale_max = y.amax(2)
+    expected = (F.adaptive_max_pool2d(scale_max, 4), -F.adaptive_max_pool2d(-scale_max, 4))
+    parts = [local[:, :, :1], local[:, :, 1:]]
+    background = (back, back.amax(1), back.amin(1))
+    actual = cpu_kernels.windowed_scale_max_pool(parts, background, beta, tops, lefts, 4, 4)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pass_bytes", [1 << 40, 1], ids=["one_pass", "image_by_image"])
+@pytest.mark.parametrize(
+    "scale_mode, learn_sigma_basis", [("fixed", False), ("single_ratio_squared", True)]
+)
+def test_windowed_evaluation_equals_the_modules(
+    scale_mode, learn_sigma_basis, pass_bytes, monkeypatch
+):
+    """CPU evaluation of the fast toy model on images with constant backgrounds (levels of both
+    signs, differing per image) lifts the windows (`windows.scale_extremes`, several groups):
+    the dense model's logits in float64, with batch-norm weights of both signs (the head reads
+    each pool window's maximum or minimum)."""
+    monkeypatch.setattr(cpu_fft, "PASS_BYTES", pass_bytes)
+    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
+    cfg = {**SMALL_KERNELS, "scale_mode": scale_mode, "learn_sigma_basis": learn_sigma_basis}
+    torch.manual_seed(0)
+    fast = build_model({**cfg, "implementation": "fast"}).double()
+    dense = build_model({**cfg, "implementation": "dense"}).double()
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        fast.bn.weight.copy_(torch.randn(16, generator=generator, dtype=torch.float64))
+        fast.bn.running_mean.copy_(torch.randn(16, generator=generator, dtype=torch.float64))
+    dense.load_state_dict(fast.state_dict())
+    x = digits_on_backgrounds(7, 64, seed=8, levels=(-0.42, 0.7, 0.0))
+    plans = []
+    original = windows.scale_extremes
+    monkeypatch.setattr(windows, "scale_extremes", lambda *a: plans.append(a[3]) or original(*a))
+    with torch.inference_mode():
+        actual, expected = fast.eval()(x), dense.eval()(x)
+    assert len(plans) == 1 and len(plans[0].groups) >= 2
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_windowed_evaluation_gives_the_same_bits_for_every_thread_count(monkeypatch):
+    """Evaluation logits over the windows with 1 and 2 threads."""
+    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
+    x = digits_on_backgrounds(8, 64, seed=5, levels=(-0.42, 0.3)).float()
+    torch.manual_seed(0)
+    model = build_model({**SMALL_KERNELS, "scale_mode": "single_ratio_squared"}).eval()
+    calls, original = [], windows.scale_extremes
+    monkeypatch.setattr(windows, "scale_extremes", lambda *a: calls.append(1) or original(*a))
+    results, threads = [], torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            with torch.inference_mode():
+                results.append(model(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 2
+    assert torch.equal(*results)

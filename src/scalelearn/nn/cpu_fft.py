@@ -580,10 +580,11 @@ def lifting_bias_relu_pool(x: Tensor, kernels, lengths, bias: Tensor) -> Tensor:
     return _LiftingBiasReluPool.apply(x, _lengths(lengths), bias, *kernels)
 
 
-def lifting_scale_max_pool(x: Tensor, kernels, lengths, rows: int, cols: int):
+def lifting_scale_max_pool(x: Tensor, kernels, lengths, rows: int, cols: int, head=None):
     """`lifting` followed by `cpu_kernels.scale_max_pool` (evaluation, no gradient), pass by
     pass: the head reads each pass's output from the cache, and the lifting's output is never
-    whole -> (maxima, minima) [B, Cout, rows, cols]."""
+    whole -> (maxima, minima) [B, Cout, rows, cols]. head(y, images, channels): another head for
+    the lifting y (a list of its runs' [b, Cout', S', H, W]) of those images and channels."""
     size = x.shape[-2:]
     x_hats = _spectra(x, lengths)
     maxima, minima = [], []
@@ -591,7 +592,7 @@ def lifting_scale_max_pool(x: Tensor, kernels, lengths, rows: int, cols: int):
         parts = []
         for channels in _channel_groups(kernels):
             y = _lift_runs(x_hats, kernels, lengths, size, images, channels)
-            parts.append(scale_max_pool(y, rows, cols))
+            parts.append(head(y, images, channels) if head else scale_max_pool(y, rows, cols))
         maxima.append(torch.cat([part[0] for part in parts], dim=1))
         minima.append(torch.cat([part[1] for part in parts], dim=1))
     return torch.cat(maxima), torch.cat(minima)

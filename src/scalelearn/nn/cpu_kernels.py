@@ -209,6 +209,64 @@ def _kernels() -> dict:
                         maxima[b, c, i, j], minima[b, c, i, j] = top, bottom
 
     @jit
+    def windowed_scale_max_pool(
+        parts, back, high_back, low_back, beta, tops, lefts, maxima, minima
+    ):
+        """`scale_max_pool` of y = β·P + the window's lifting on an H × W canvas: y[b, c, s] =
+        beta[b] · back[c, s] ([C, S, H, W]) plus, inside the side × side window at (tops[b],
+        lefts[b]), the window's lifting x[b, c, s] (its scales in consecutive parts, a tuple of
+        [B, C, S', side, ≥side]). Outside the window the scale max is beta[b] times
+        high_back [C, H, W] (back's max over S) where beta[b] ≥ 0, else times low_back (its min):
+        rounding is monotone, so these are the max over S of the rounded products. The pool as
+        in `scale_max_pool` (a helper function shared by the two would defeat numba's cache)."""
+        front = parts[0]
+        batch, channels, _, side = front.shape[:4]
+        height, width = back.shape[2:]
+        rows, cols = maxima.shape[2], maxima.shape[3]
+        window_h, window_w = height // rows, width // cols
+        for n in numba.prange(batch * channels):
+            b, c = n // channels, n % channels
+            factor, top, left = beta[b], tops[b], lefts[b]
+            extreme = high_back if factor >= 0 else low_back
+            row = np.empty(width, dtype=front.dtype)
+            high = np.empty(width, dtype=front.dtype)
+            low = np.empty(width, dtype=front.dtype)
+            for h in range(height):
+                for w in range(width):
+                    row[w] = factor * extreme[c, h, w]
+                if top <= h < top + side:
+                    inside, first = row[left : left + side], 0
+                    for x in parts:
+                        for s in range(x.shape[2]):
+                            scale = back[c, first + s, h, left : left + side]
+                            local = x[b, c, s, h - top]
+                            if first + s == 0:
+                                for w in range(side):
+                                    inside[w] = factor * scale[w] + local[w]
+                            else:
+                                for w in range(side):
+                                    u, v = factor * scale[w] + local[w], inside[w]
+                                    inside[w] = u if (u > v) | (u != u) else v
+                        first += x.shape[2]
+                if h % window_h == 0:
+                    high[:] = row
+                    low[:] = row
+                else:
+                    for w in range(width):
+                        v, top_value, bottom = row[w], high[w], low[w]
+                        high[w] = v if (v > top_value) | (v != v) else top_value
+                        low[w] = v if (v < bottom) | (v != v) else bottom
+                if h % window_h == window_h - 1:
+                    i = h // window_h
+                    for j in range(cols):
+                        top_value, bottom = high[j * window_w], low[j * window_w]
+                        for w in range(j * window_w + 1, (j + 1) * window_w):
+                            u, v = high[w], low[w]
+                            top_value = u if (u > top_value) | (u != u) else top_value
+                            bottom = v if (v < bottom) | (v != v) else bottom
+                        maxima[b, c, i, j], minima[b, c, i, j] = top_value, bottom
+
+    @jit
     def relu_max_pool_moments(parts, width, increasing, pooled, position, relu_max, index, sums):
         """Per plane (b, c): r = relu(max of x [B, C, S, H, ≥W][..., :W] over S) and its first
         arg-max scale (relu_max, index [B, C, H, W]), x's scales given as consecutive parts (a
@@ -393,6 +451,7 @@ def _kernels() -> dict:
         "bias_relu_pool_grad": bias_relu_pool_grad,
         "relu_max_pool_moments_grad": relu_max_pool_moments_grad,
         "scale_max_pool": scale_max_pool,
+        "windowed_scale_max_pool": windowed_scale_max_pool,
         "mix": mix,
         "mix_grad_t": mix_grad_t,
         "mix_grad_z": mix_grad_z,
@@ -519,6 +578,19 @@ def scale_max_pool(x, rows: int, cols: int) -> tuple[Tensor, Tensor]:
     maxima = parts[0].new_empty(batch, channels, rows, cols)
     minima = torch.empty_like(maxima)
     _run("scale_max_pool", parts, width, maxima, minima)
+    return maxima, minima
+
+
+def windowed_scale_max_pool(x, background, beta, tops, lefts, rows: int, cols: int):
+    """`scale_max_pool` of y = β·P + each image's window lifting, never whole: x [B, C, S, side,
+    side] (any strides) or its scales in consecutive parts (a list), the windows' liftings;
+    background (P [C, S, H, W], P's max and min over S [C, H, W]); beta [B]; tops, lefts [B]
+    (int64) the windows' origins on the H × W canvas -> (maxima, minima) [B, C, rows, cols]."""
+    parts, _ = _parts(x)
+    back, high, low = (t.contiguous() for t in background)
+    maxima = parts[0].new_empty(len(beta), back.shape[0], rows, cols)
+    minima = torch.empty_like(maxima)
+    _run("windowed_scale_max_pool", parts, back, high, low, beta, tops, lefts, maxima, minima)
     return maxima, minima
 
 

@@ -886,7 +886,8 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
     method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
         if method == "fft" and _cpu_lifting(x, weight) and not x.requires_grad:
-            windowed = _windowed_pooled(x, weight, basis, increasing, rows, cols)
+            head = windows.pooled_relu_moments
+            windowed = _windowed(x, weight, basis, head, increasing, rows, cols)
             if windowed is not None:
                 return windowed
         plan = _cpu_fft_lifting(x, weight, basis, method)
@@ -900,9 +901,10 @@ def z2h_fast_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing: Te
     return pooled_relu_moments(_apply(x, weight, basis, method), increasing, rows, cols)
 
 
-def _windowed_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing, rows, cols):
-    """`z2h_fast_pooled` over each image's ink window (`windows`), or None where
-    `windows.plan_windows` finds the canvas's lifting cheaper."""
+def _windowed(x: Tensor, weight: Tensor, basis: ScaleBasis, head, *options):
+    """head (`windows.pooled_relu_moments` or `windows.scale_extremes`) over each image's ink
+    window, with its `options`, or None where `windows.plan_windows` finds the canvas's lifting
+    cheaper."""
 
     def runs_of(side: int):
         return _fft_runs(basis, side, side, "cpu_lifting")
@@ -916,17 +918,21 @@ def _windowed_pooled(x: Tensor, weight: Tensor, basis: ScaleBasis, increasing, r
     def spectra_of(side: int):
         return _lifting_spectra(weight, basis, runs_of(side))
 
-    pooled = windows.pooled_relu_moments
-    return pooled(x.to(dtype), weight, basis, plan, spectra_of, increasing, rows, cols)
+    return head(x.to(dtype), weight, basis, plan, spectra_of, *options)
 
 
 def z2h_fast_extremes(x: Tensor, weight: Tensor, basis: ScaleBasis, rows: int, cols: int):
     """`z2h_fast`, then `cpu_kernels.scale_max_pool` (CPU, no gradient): x [B, 1, H, W] ->
     (maxima, minima) [B, Cout, rows, cols] over every window of the max over the scales of the
     lifting, the toy model's evaluation head up to ReLU. Where `fft` lifts on the CPU, the two
-    run pass by pass (`cpu_fft.lifting_scale_max_pool`)."""
+    run pass by pass (`cpu_fft.lifting_scale_max_pool`), over each image's ink window where
+    that is cheaper (`windows.scale_extremes`)."""
     method = _choose(x, weight, basis)
     with torch.autocast("cpu", enabled=False):
+        if method == "fft" and _cpu_lifting(x, weight):
+            windowed = _windowed(x, weight, basis, windows.scale_extremes, rows, cols)
+            if windowed is not None:
+                return windowed
         plan = _cpu_fft_lifting(x, weight, basis, method)
         if plan is not None:
             return lifting_scale_max_pool(*plan, rows, cols)

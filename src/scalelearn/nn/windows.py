@@ -33,6 +33,7 @@ from scalelearn.nn.cpu_kernels import (
     relu_max_pool_moments_into,
     relu_max_pool_moments_outputs,
     relu_max_pool_moments_result,
+    windowed_scale_max_pool,
 )
 from scalelearn.nn.hermite import ScaleBasis
 
@@ -190,27 +191,62 @@ def _images_per_pass(plan: Plan, shape, element_size: int) -> int:
     return cpu_fft.images_per_pass(largest, math.prod(shape) * element_size)
 
 
+def _windows(sorted_x: Tensor, plan: Plan, group) -> Tensor:
+    """One group's windows of the sorted batch minus their backgrounds: [n, 1, side, side]."""
+    side, start, stop, tops, lefts = group
+    crops = [
+        sorted_x[i, :, top : top + side, left : left + side]
+        for i, top, left in zip(range(start, stop), tops, lefts, strict=True)
+    ]
+    return torch.stack(crops) - plan.beta[start:stop, None, None, None]
+
+
+def _unsorted(plan: Plan, *sorted_outputs: Tensor) -> tuple[Tensor, ...]:
+    """Outputs of the sorted batch in the batch's own order."""
+    inverse = torch.empty_like(plan.order)
+    inverse[plan.order] = torch.arange(len(inverse))
+    return tuple(t[inverse] for t in sorted_outputs)
+
+
 def pooled_relu_moments(x, weight, basis, plan: Plan, spectra_of, increasing, rows, cols):
     """The toy model's training head up to batch norm over the windows of `plan` (`plan_windows`):
     x [B, 1, H, W] -> (pooled [B, Cout, R, Q], mean, variance [Cout]), as
     `cpu_fft.lifting_pooled_relu_moments` of the canvas; spectra_of(side) -> (kernels, lengths)
     of `cpu_fft.lifting` for a side × side image."""
-    height, width = x.shape[-2:]
     sorted_x = x[plan.order]
-    locals_ = []
-    for side, start, stop, tops, lefts in plan.groups:
-        windows = (
-            torch.stack(
-                [
-                    sorted_x[i, :, top : top + side, left : left + side]
-                    for i, top, left in zip(range(start, stop), tops, lefts, strict=True)
-                ]
-            )
-            - plan.beta[start:stop, None, None, None]
-        )
-        locals_.append(cpu_fft.lifting(windows, *spectra_of(side)))
-    back = background(weight, basis, height, width)
+    locals_ = [
+        cpu_fft.lifting(_windows(sorted_x, plan, group), *spectra_of(group[0]))
+        for group in plan.groups
+    ]
+    back = background(weight, basis, *x.shape[-2:])
     pooled, mean, variance = _WindowedHead.apply(plan, increasing, rows, cols, back, *locals_)
-    inverse = torch.empty_like(plan.order)
-    inverse[plan.order] = torch.arange(len(inverse))
-    return pooled[inverse], mean, variance
+    return *_unsorted(plan, pooled), mean, variance
+
+
+def scale_extremes(x, weight, basis, plan: Plan, spectra_of, rows: int, cols: int):
+    """The toy model's evaluation head up to ReLU over the windows of `plan` (no gradient): x [B,
+    1, H, W] -> (maxima, minima) [B, Cout, rows, cols], as `cpu_fft.lifting_scale_max_pool` of
+    the canvas; each group's windows lifted pass by pass, and each pass's pool
+    (`cpu_kernels.windowed_scale_max_pool`) reads β·P outside the windows, so that neither the
+    canvas's lifting nor the windows' is ever whole."""
+    back = background(weight, basis, *x.shape[-2:])[0]  # [Cout, S, H, W]
+    extremes = back, back.amax(1), back.amin(1)
+    sorted_x = x[plan.order]
+    maxima, minima = [], []
+    for group in plan.groups:
+        side, start, stop, tops, lefts = group
+        beta, tops, lefts = plan.beta[start:stop], torch.tensor(tops), torch.tensor(lefts)
+
+        def head(y, images, channels, beta=beta, tops=tops, lefts=lefts):
+            parts = [t[channels] for t in extremes]
+            return windowed_scale_max_pool(
+                y, parts, beta[images], tops[images], lefts[images], rows, cols
+            )
+
+        windows = _windows(sorted_x, plan, group)
+        group_extremes = cpu_fft.lifting_scale_max_pool(
+            windows, *spectra_of(side), rows, cols, head
+        )
+        maxima.append(group_extremes[0])
+        minima.append(group_extremes[1])
+    return _unsorted(plan, torch.cat(maxima), torch.cat(minima))
