@@ -32,6 +32,22 @@ def digits_on_backgrounds(count: int, canvas: int, seed: int, levels=(0.0,)) -> 
     return images
 
 
+def fast_and_dense(scale_mode: str, learn_sigma_basis: bool, monkeypatch, seed: int):
+    """The fast and the dense toy model (SMALL_KERNELS, float64) with the same state, their batch
+    norms' weights and running means drawn (both signs); the fast one lifts by `fft`."""
+    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
+    cfg = {**SMALL_KERNELS, "scale_mode": scale_mode, "learn_sigma_basis": learn_sigma_basis}
+    torch.manual_seed(0)
+    fast = build_model({**cfg, "implementation": "fast"}).double()
+    dense = build_model({**cfg, "implementation": "dense"}).double()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        fast.bn.weight.copy_(torch.randn(16, generator=generator, dtype=torch.float64))
+        fast.bn.running_mean.copy_(torch.randn(16, generator=generator, dtype=torch.float64))
+    dense.load_state_dict(fast.state_dict())
+    return fast, dense
+
+
 @pytest.mark.parametrize(
     "scales, size", [([0.5, 0.7, 1.0], 20), ([2.0, 3.46, 6.0], 30)], ids=["k9", "k49_over_image"]
 )
@@ -108,17 +124,7 @@ def test_windowed_training_step_equals_the_modules(
     the same logits, gradients (weights and scales) and BatchNorm running statistics as the
     dense model's modules, in float64, over two steps."""
     monkeypatch.setattr(cpu_fft, "PASS_BYTES", pass_bytes)
-    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
-    cfg = {**SMALL_KERNELS, "scale_mode": scale_mode, "learn_sigma_basis": learn_sigma_basis}
-    torch.manual_seed(0)
-    fast = build_model({**cfg, "implementation": "fast"}).double()
-    dense = build_model({**cfg, "implementation": "dense"}).double()
-    dense.load_state_dict(fast.state_dict())
-    generator = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        weight = torch.randn(16, generator=generator, dtype=torch.float64)  # both signs
-        for model in (fast, dense):
-            model.bn.weight.copy_(weight)
+    fast, dense = fast_and_dense(scale_mode, learn_sigma_basis, monkeypatch, seed=6)
     x = digits_on_backgrounds(6, 64, seed=4, levels=(-0.42, -0.42, 0.7))
     plans = []
     original = windows.plan_windows
@@ -192,16 +198,7 @@ def test_windowed_evaluation_equals_the_modules(
     the dense model's logits in float64, with batch-norm weights of both signs (the head reads
     each pool window's maximum or minimum)."""
     monkeypatch.setattr(cpu_fft, "PASS_BYTES", pass_bytes)
-    monkeypatch.setattr(fast_conv, "_choose", lambda x, weight, basis: "fft")
-    cfg = {**SMALL_KERNELS, "scale_mode": scale_mode, "learn_sigma_basis": learn_sigma_basis}
-    torch.manual_seed(0)
-    fast = build_model({**cfg, "implementation": "fast"}).double()
-    dense = build_model({**cfg, "implementation": "dense"}).double()
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        fast.bn.weight.copy_(torch.randn(16, generator=generator, dtype=torch.float64))
-        fast.bn.running_mean.copy_(torch.randn(16, generator=generator, dtype=torch.float64))
-    dense.load_state_dict(fast.state_dict())
+    fast, dense = fast_and_dense(scale_mode, learn_sigma_basis, monkeypatch, seed=7)
     x = digits_on_backgrounds(7, 64, seed=8, levels=(-0.42, 0.7, 0.0))
     plans = []
     original = windows.scale_extremes

@@ -25,7 +25,8 @@ arg-max (the first of equal maxima; a NaN wins, as in torch.max) and so the same
 
 **Evaluation's scale max and pool** of the toy model, [B, C, S, H, W] -> max and min of every pool
 window of the scale max: one pass over the lifting's output, where ReLU, batch norm and the pool
-made four over [B, C, H, W] maps (scalelearn.nn.models.ToyModel._pooled_head).
+made four over [B, C, H, W] maps (scalelearn.nn.models.ToyModel._pooled_head); the same over a
+window's lifting placed on the background's (`windowed_scale_max_pool`, scalelearn.nn.windows).
 
 **The toy model's training head up to batch norm** (`pooled_relu_moments`): r = relu(scale max),
 every pool window's max or min of r, and r's batch mean and variance, in one pass over the

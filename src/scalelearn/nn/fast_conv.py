@@ -20,8 +20,8 @@ picks one per call from a cost estimate:
   with 1×(2w+1) kernels that also mix the channels. No transform and no transposing copy; it wins
   where the kernels are small and the image is not (the toy model's evaluation, and its training
   with fixed scales at moderate K on the 84 canvas).
-In CPU training of the toy model, the `fft` lifting runs over each image's ink window instead of
-the canvas where that saves transforms (`windows`, `_windowed_pooled`).
+In CPU training and evaluation of the toy model, the `fft` lifting runs over each image's ink
+window instead of the canvas where that saves transforms (`windows`, `_windowed`).
 In evaluation, `reuse_kernels()` keeps every layer's weight-dependent kernel (cropped kernels,
 spectra) across calls while the weights and scales stay the same, and `working_bytes` estimates
 the memory of one call, from which evaluation chooses how many images go through at once.

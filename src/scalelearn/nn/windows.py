@@ -1,4 +1,4 @@
-"""The toy model's training lifting over each image's ink window (CPU, `fft`).
+"""The toy model's lifting over each image's ink window, in training and evaluation (CPU, `fft`).
 
 A digit of the scale-distribution datasets lies on a constant background β (its canvas's zero,
 normalised). The lifting is linear, so with 1 the canvas of ones
@@ -9,11 +9,15 @@ and x − β is zero outside the ink: lift(x − β) is zero outside the ink's b
 the kernel's half size (clipped to the canvas), the image's window. lift(1), the background's
 part P [1, C, S, H, W], is the same for every image and separable (`background`); each window is
 lifted at the FFT lengths of its own size, images of one window size together (a group), and
-the head (`cpu_kernels.relu_max_pool_moments`) reads β·P with the window's lifting added, a few
-images at a time. Windows are square, of sides rounded up to WINDOW_STEP pixels, so that a batch
-falls into a few groups, each with its own kernel spectra.
+the head reads β·P with the window's lifting added, a few images at a time: in training
+`cpu_kernels.relu_max_pool_moments` (`pooled_relu_moments`), in evaluation
+`cpu_kernels.windowed_scale_max_pool` (`scale_extremes`, which reads β·P's scale max outside the
+window: nothing of the canvas's size is written per image). Windows are square, of sides rounded
+up to WINDOW_STEP pixels, so that a batch falls into a few groups, each with its own kernel
+spectra.
 
-The same values as the whole canvas's lifting, rounded differently.
+The same values as the whole canvas's lifting, rounded differently (an image's logits can differ
+in the last bits with the batch it is evaluated in: the windows are planned per batch).
 On a narrow distribution the windows are a fraction of the canvas (the quick preset's training
 digits: K 13 needs 0.19 of the transforms' work at b = 2.83, 0.48 at b = 8; K 49 0.80 and 0.90);
 where they are not, `plan_windows` declines and the caller lifts the canvas.
@@ -40,7 +44,8 @@ from scalelearn.nn.hermite import ScaleBasis
 # Window sides are multiples of this many pixels (or the canvas's side): few groups per batch.
 WINDOW_STEP = 16
 # The windows are lifted where their transforms' work (every image's, plus SPECTRA_IMAGES images'
-# for each group's kernel spectra and their gradient) is at most this share of the canvas's. E1's
+# for each group's kernel spectra and, in training, their gradient) is at most this share of the
+# canvas's; evaluation counts the same (one image's worth per group would do). E1's
 # steps were as fast either way near the line, and faster below it (README "Throughput").
 WORK_SHARE = 0.8
 SPECTRA_IMAGES = 2.0
@@ -230,7 +235,7 @@ def scale_extremes(x, weight, basis, plan: Plan, spectra_of, rows: int, cols: in
     (`cpu_kernels.windowed_scale_max_pool`) reads β·P outside the windows, so that neither the
     canvas's lifting nor the windows' is ever whole."""
     back = background(weight, basis, *x.shape[-2:])[0]  # [Cout, S, H, W]
-    extremes = back, back.amax(1), back.amin(1)
+    backgrounds = back, back.amax(1), back.amin(1)  # P, its max and min over the scales
     sorted_x = x[plan.order]
     maxima, minima = [], []
     for group in plan.groups:
@@ -238,9 +243,9 @@ def scale_extremes(x, weight, basis, plan: Plan, spectra_of, rows: int, cols: in
         beta, tops, lefts = plan.beta[start:stop], torch.tensor(tops), torch.tensor(lefts)
 
         def head(y, images, channels, beta=beta, tops=tops, lefts=lefts):
-            parts = [t[channels] for t in extremes]
+            of_channels = [t[channels] for t in backgrounds]
             return windowed_scale_max_pool(
-                y, parts, beta[images], tops[images], lefts[images], rows, cols
+                y, of_channels, beta[images], tops[images], lefts[images], rows, cols
             )
 
         windows = _windows(sorted_x, plan, group)
