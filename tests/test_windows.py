@@ -32,6 +32,16 @@ def digits_on_backgrounds(count: int, canvas: int, seed: int, levels=(0.0,)) -> 
     return images
 
 
+def placed_windows(back, local, beta, tops, lefts) -> torch.Tensor:
+    """y = β·P with each window's lifting added at its origin, whole: [B, C, S, H, W]."""
+    side = local.shape[-1]
+    y = beta[:, None, None, None, None] * back
+    for i in range(len(beta)):
+        top, left = int(tops[i]), int(lefts[i])
+        y[i, :, :, top : top + side, left : left + side] += local[i]
+    return y
+
+
 def fast_and_dense(scale_mode: str, learn_sigma_basis: bool, monkeypatch, seed: int):
     """The fast and the dense toy model (SMALL_KERNELS, float64) with the same state, their batch
     norms' weights and running means drawn (both signs); the fast one lifts by `fft`."""
@@ -173,17 +183,54 @@ def test_windowed_scale_max_pool_reads_the_background_outside_the_window():
     local = torch.randn(5, 4, scales, side, side, generator=generator, dtype=torch.float64)
     beta = torch.tensor([0.7, -0.4, 0.0, -1.3, 2.0], dtype=torch.float64)
     tops, lefts = torch.tensor([0, 14, 5, 14, 3]), torch.tensor([0, 14, 9, 0, 14])
-    y = beta[:, None, None, None, None] * back
-    for i in range(len(beta)):
-        top, left = int(tops[i]), int(lefts[i])
-        y[i, :, :, top : top + side, left : left + side] += local[i]
-    scale_max = y.amax(2)
+    scale_max = placed_windows(back, local, beta, tops, lefts).amax(2)
     expected = (F.adaptive_max_pool2d(scale_max, 4), -F.adaptive_max_pool2d(-scale_max, 4))
     parts = [local[:, :, :1], local[:, :, 1:]]
     background = (back, back.amax(1), back.amin(1))
     actual = cpu_kernels.windowed_scale_max_pool(parts, background, beta, tops, lefts, 4, 4)
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
+def test_windowed_training_head_reads_and_writes_the_background():
+    """`cpu_kernels.relu_max_pool_moments_into` and `relu_max_pool_moments_grad` with a window
+    against the same kernels on y = β·P + each window placed on the canvas, whole: the same r,
+    arg-max scales, pools and sums; the window's gradient is the canvas gradient's crop and P's
+    is Σ β·∂y. Backgrounds of both signs, windows at the canvas's corners and inside, scales in
+    two parts, batch-norm scales of both signs."""
+    generator = torch.Generator().manual_seed(3)
+    canvas, side, scales, channels = 24, 10, 3, 4
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    back, local = randn(channels, scales, canvas, canvas), randn(5, channels, scales, side, side)
+    beta = torch.tensor([0.7, -0.4, 0.0, -1.3, 2.0], dtype=torch.float64)
+    tops, lefts = torch.tensor([0, 14, 5, 14, 3]), torch.tensor([0, 14, 9, 0, 14])
+    increasing = torch.tensor([True, False, True, False])
+    shape = (len(beta), channels, scales, canvas, canvas)
+    expected = cpu_kernels.relu_max_pool_moments_outputs(shape, back.dtype, 4, 4)
+    y = placed_windows(back, local, beta, tops, lefts)
+    cpu_kernels.relu_max_pool_moments_into(y, increasing, expected)
+    actual = cpu_kernels.relu_max_pool_moments_outputs(shape, back.dtype, 4, 4)
+    parts = [local[:, :, :1], local[:, :, 1:]]
+    cpu_kernels.relu_max_pool_moments_into(parts, increasing, actual, (back, beta, tops, lefts))
+    for a, e in zip(actual, expected, strict=True):
+        assert torch.equal(a, e)
+
+    pooled, mean, _, saved = cpu_kernels.relu_max_pool_moments_result(actual, back.dtype)
+    grads = (mean, randn(*pooled.shape), randn(channels), randn(channels), 7 * canvas * canvas)
+    grad_y = cpu_kernels.relu_max_pool_moments_grad(saved, *grads, back.new_empty(shape))
+    grad_back = torch.zeros(back.shape, dtype=back.dtype)
+    grad_local = torch.empty(local.shape, dtype=local.dtype)
+    window = (grad_back, beta, tops, lefts)
+    cpu_kernels.relu_max_pool_moments_grad(saved, *grads, grad_local, window=window)
+    for i in range(len(beta)):
+        top, left = int(tops[i]), int(lefts[i])
+        assert torch.equal(grad_local[i], grad_y[i, :, :, top : top + side, left : left + side])
+    expected_back = (beta[:, None, None, None, None] * grad_y).sum(0)
+    torch.testing.assert_close(grad_back, expected_back, rtol=0, atol=1e-12)
+    assert grad_back.abs().amax() > 0.1
 
 
 @pytest.mark.parametrize("pass_bytes", [1 << 40, 1], ids=["one_pass", "image_by_image"])

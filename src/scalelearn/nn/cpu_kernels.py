@@ -32,6 +32,8 @@ window's lifting placed on the background's (`windowed_scale_max_pool`, scalelea
 every pool window's max or min of r, and r's batch mean and variance, in one pass over the
 lifting's output; its backward writes the gradient in one pass, into the `fft` lifting's
 zero-padded buffer where it follows that lifting (scalelearn.nn.models.ToyModel._fused_head).
+The same over a window's lifting placed on the background's (scalelearn.nn.windows), whose
+gradient goes to the window and, weighted by β, to the background's.
 
 **SESN's bias, ReLU and 2×2 max pool** (`bias_relu_pool`), one pass each way.
 
@@ -268,46 +270,72 @@ def _kernels() -> dict:
                         maxima[b, c, i, j], minima[b, c, i, j] = top_value, bottom
 
     @jit
-    def relu_max_pool_moments(parts, width, increasing, pooled, position, relu_max, index, sums):
-        """Per plane (b, c): r = relu(max of x [B, C, S, H, ≥W][..., :W] over S) and its first
-        arg-max scale (relu_max, index [B, C, H, W]), x's scales given as consecutive parts (a
-        tuple of [B, C, S', H, ≥W]); pooled [B, C, R, Q] = the max of r over every (H/R)×(W/Q)
-        window where increasing[c], else the min, at position h·W + w (the first in row-major
-        order, as adaptive max pooling's; a NaN wins); sums [B, C, 2] = Σ r and Σ r² in
-        float64. Selections on `|` and `&` over 32-bit types, as `bias_relu_pool`'s (on the
-        AMD machine, 1 thread: one pass of a real E1 step, 4 images at K 35, 4.0 -> 3.1 ms, its
-        gradient 2.5 -> 1.2 ms; whole E1 steps 4-13 % less time)."""
+    def relu_max_pool_moments(
+        parts, width, back, beta, tops, lefts, increasing, pooled, position, relu_max, index, sums
+    ):
+        """Per plane (b, c) of y [B, C, S, H, W]: r = relu(max of y over S) and its first arg-max
+        scale (relu_max, index [B, C, H, W]); pooled [B, C, R, Q] = the max of r over every
+        (H/R)×(W/Q) window where increasing[c], else the min, at position h·W + w (the first in
+        row-major order, as adaptive max pooling's; a NaN wins); sums [B, C, 2] = Σ r and Σ r²
+        in float64. y is read from x, its scales given as consecutive parts (a tuple of [B, C,
+        S', side_h, ≥width][..., :width]):
+        - with an empty `back`, y = x (side_h = H, width = W; beta, tops, lefts unread);
+        - else y[b, c, s] = beta[b] · back[c, s] ([C, S, H, W]) on the whole canvas, plus x[b,
+          c, s] inside the side_h × width window at (tops[b], lefts[b]) (`scalelearn.nn.windows`:
+          the canvas of a window's lifting is never written).
+        Selections on `|` and `&` over 32-bit types, as `bias_relu_pool`'s (on the AMD machine,
+        1 thread: one pass of a real E1 step, 4 images at K 35, 4.0 -> 3.1 ms, its gradient 2.5
+        -> 1.2 ms; whole E1 steps 4-13 % less time)."""
         front = parts[0]
-        batch, channels, _, height = front.shape[:4]
+        batch, channels, _, side = front.shape[:4]
+        height, canvas = relu_max.shape[2], relu_max.shape[3]
         rows, cols = pooled.shape[2], pooled.shape[3]
-        window_h, window_w = height // rows, width // cols
+        window_h, window_w = height // rows, canvas // cols
+        placed = back.shape[0] > 0
         for n in numba.prange(batch * channels):
             b, c = n // channels, n % channels
             up = increasing[c]
             zero = front.dtype.type(0)  # not 0.0: a float64 would widen float32 rows
-            row = np.empty(width, dtype=front.dtype)
-            arg = np.empty(width, dtype=np.int32)  # 32-bit, as the rows: the selects vectorise
+            factor = beta[b] if placed else zero
+            top, left = (tops[b], lefts[b]) if placed else (0, 0)
+            row = np.empty(canvas, dtype=front.dtype)
+            arg = np.empty(canvas, dtype=np.int32)  # 32-bit, as the rows: the selects vectorise
+            y = np.empty(canvas, dtype=front.dtype)  # one scale's row of y where it is placed
             # Per column: the sums, and the extreme over the window's rows so far and its row
             # (elementwise across a row, so the loops vectorise; a window's columns are reduced
             # once, at its last row).
-            total = np.zeros(width, dtype=np.float64)
-            squares = np.zeros(width, dtype=np.float64)
-            best = np.empty(width, dtype=front.dtype)
-            best_row = np.empty(width, dtype=np.int32)
+            total = np.zeros(canvas, dtype=np.float64)
+            squares = np.zeros(canvas, dtype=np.float64)
+            best = np.empty(canvas, dtype=front.dtype)
+            best_row = np.empty(canvas, dtype=np.int32)
             for h in range(height):
-                for w in range(width):  # the scale max of one row, scale by scale
-                    row[w], arg[w] = front[b, c, 0, h, w], 0
-                start, offset = 1, 0  # the first part's first scale is in `row` already
+                inside = top <= h < top + side
+                first = 0
                 for x in parts:
-                    for s in range(start, x.shape[2]):
-                        scale = np.int32(offset + s)
-                        for w in range(width):
-                            u, v = x[b, c, s, h, w], row[w]
-                            wins = (u > v) | ((u != u) & (v == v))  # the first NaN wins
-                            row[w] = u if wins else v
-                            arg[w] = scale if wins else arg[w]
-                    start, offset = 0, offset + x.shape[2]
-                for w in range(width):
+                    for s in range(x.shape[2]):
+                        scale = np.int32(first + s)
+                        if placed:
+                            plane = back[c, first + s, h]
+                            for w in range(canvas):
+                                y[w] = factor * plane[w]
+                            if inside:
+                                local = x[b, c, s, h - top]
+                                for w in range(width):
+                                    y[left + w] += local[w]
+                            line = y
+                        else:
+                            line = x[b, c, s, h]
+                        if scale == 0:  # the scale max of one row, scale by scale
+                            for w in range(canvas):
+                                row[w], arg[w] = line[w], 0
+                        else:
+                            for w in range(canvas):
+                                u, v = line[w], row[w]
+                                wins = (u > v) | ((u != u) & (v == v))  # the first NaN wins
+                                row[w] = u if wins else v
+                                arg[w] = scale if wins else arg[w]
+                    first += x.shape[2]
+                for w in range(canvas):
                     v = row[w]
                     r = v if (v > zero) | (v != v) else zero  # ReLU (NaN stays NaN)
                     row[w] = r
@@ -317,64 +345,86 @@ def _kernels() -> dict:
                     squares[w] += np.float64(r) * np.float64(r)
                 here = np.int32(h)
                 if h % window_h == 0:
-                    for w in range(width):
+                    for w in range(canvas):
                         best[w], best_row[w] = row[w], here
                 elif up:
-                    for w in range(width):
-                        v, top = row[w], best[w]
-                        wins = (v > top) | (v != v)
-                        best[w] = v if wins else top
+                    for w in range(canvas):
+                        v, top_value = row[w], best[w]
+                        wins = (v > top_value) | (v != v)
+                        best[w] = v if wins else top_value
                         best_row[w] = here if wins else best_row[w]
                 else:
-                    for w in range(width):
-                        v, top = row[w], best[w]
-                        wins = (v < top) | (v != v)
-                        best[w] = v if wins else top
+                    for w in range(canvas):
+                        v, top_value = row[w], best[w]
+                        wins = (v < top_value) | (v != v)
+                        best[w] = v if wins else top_value
                         best_row[w] = here if wins else best_row[w]
                 if h % window_h == window_h - 1:
                     i = h // window_h
                     for j in range(cols):  # the first extreme in row-major order
-                        first = j * window_w
-                        top, place = best[first], best_row[first] * width + first
-                        for w in range(first + 1, first + window_w):
-                            v, at = best[w], best_row[w] * width + w
-                            better = v > top if up else v < top
-                            if better or (v == top and at < place) or (v != v and top == top):
-                                top, place = v, at
-                        pooled[b, c, i, j], position[b, c, i, j] = top, place
+                        start = j * window_w
+                        top_value, place = best[start], best_row[start] * canvas + start
+                        for w in range(start + 1, start + window_w):
+                            v, at = best[w], best_row[w] * canvas + w
+                            better = v > top_value if up else v < top_value
+                            nan = v != v and top_value == top_value
+                            if better or (v == top_value and at < place) or nan:
+                                top_value, place = v, at
+                        pooled[b, c, i, j], position[b, c, i, j] = top_value, place
             sums[b, c, 0], sums[b, c, 1] = total.sum(), squares.sum()
 
     @jit
-    def relu_max_pool_moments_grad(g_pooled, position, relu_max, index, offset, slope, first, out):
-        """out[b, c, s, h, w] = offset[c] + slope[c] · r (+ g_pooled where (h, w) is its
-        window's position) where first + s is the arg-max scale and r = relu_max[b, c, h, w] >
-        0, else 0; and 0 beyond H × W (out may be a larger, zero-padded buffer, and hold the
-        scales first … first + S' − 1 only)."""
+    def relu_max_pool_moments_grad(
+        g_pooled, position, relu_max, index, offset, slope, first, back, beta, tops, lefts, out
+    ):
+        """∂y of `relu_max_pool_moments` for the scales first … first + S' − 1: g[b, c, s, h, w]
+        = offset[c] + slope[c] · r (+ g_pooled where (h, w) is its window's position) where
+        first + s is the arg-max scale and r = relu_max[b, c, h, w] > 0, else 0. With an empty
+        `back`, out [B, C, S', L_H ≥ H, L_W ≥ W] = g (zero beyond H × W: out may be a larger,
+        zero-padded buffer); else out [B, C, S', side, side] = g inside each image's window at
+        (tops[b], lefts[b]), and back [C, S, H, W] += Σ_b beta[b] · g[b] (the images in order,
+        by one thread per channel: the same sums for every thread count)."""
         batch, channels, height, width = relu_max.shape
         scales, length_h, length_w = out.shape[2], out.shape[3], out.shape[4]
         rows, cols = g_pooled.shape[2], g_pooled.shape[3]
-        for n in numba.prange(batch * channels):
-            b, c = n // channels, n % channels
+        placed = back.shape[0] > 0
+        side_h, side_w = min(length_h, height), min(length_w, width)
+        for c in numba.prange(channels):
             zero = out.dtype.type(0)
             shift, gain = offset[c], slope[c]
-            for s in range(scales):
-                scale = np.uint8(first + s)  # the index's own type
-                for h in range(height):
-                    for w in range(width):
-                        r = relu_max[b, c, h, w]
-                        chosen = (index[b, c, h, w] == scale) & (r > zero)
-                        out[b, c, s, h, w] = shift + gain * r if chosen else zero
-                    for w in range(width, length_w):
-                        out[b, c, s, h, w] = 0
-                for h in range(height, length_h):
-                    for w in range(length_w):
-                        out[b, c, s, h, w] = 0
-            for i in range(rows):
-                for j in range(cols):
-                    h, w = position[b, c, i, j] // width, position[b, c, i, j] % width
-                    s = np.int64(index[b, c, h, w]) - first
-                    if relu_max[b, c, h, w] > 0 and 0 <= s < scales:
-                        out[b, c, s, h, w] += g_pooled[b, c, i, j]
+            g = np.empty(width, dtype=out.dtype)
+            for b in range(batch):
+                factor = beta[b] if placed else zero
+                top, left = (tops[b], lefts[b]) if placed else (0, 0)
+                for s in range(scales):
+                    scale = np.uint8(first + s)  # the index's own type
+                    for h in range(height):
+                        for w in range(width):
+                            r = relu_max[b, c, h, w]
+                            chosen = (index[b, c, h, w] == scale) & (r > zero)
+                            g[w] = shift + gain * r if chosen else zero
+                        if placed:
+                            plane = back[c, first + s, h]
+                            for w in range(width):
+                                plane[w] += factor * g[w]
+                        if top <= h < top + side_h:
+                            line = out[b, c, s, h - top]
+                            for w in range(side_w):
+                                line[w] = g[left + w]
+                            for w in range(side_w, length_w):
+                                line[w] = 0
+                    for h in range(side_h, length_h):
+                        for w in range(length_w):
+                            out[b, c, s, h, w] = 0
+                for i in range(rows):
+                    for j in range(cols):
+                        h, w = position[b, c, i, j] // width, position[b, c, i, j] % width
+                        s = np.int64(index[b, c, h, w]) - first
+                        if relu_max[b, c, h, w] > 0 and 0 <= s < scales:
+                            if placed:
+                                back[c, first + s, h, w] += factor * g_pooled[b, c, i, j]
+                            if top <= h < top + side_h and left <= w < left + side_w:
+                                out[b, c, s, h - top, w - left] += g_pooled[b, c, i, j]
 
     @jit
     def bias_relu_pool(x, width, bias, first, out, index):
@@ -612,14 +662,24 @@ def relu_max_pool_moments_outputs(x_shape, dtype, rows: int, cols: int) -> tuple
     return pooled, position, relu_max, index, sums
 
 
-def relu_max_pool_moments_into(x, increasing: Tensor, outputs: tuple) -> None:
-    """Per image of x [B, C, S, H, W] (real, CPU, any strides, S < 256; H, W multiples of the
-    pool's rows, cols), or of its scales in consecutive parts (a list), into `outputs`
-    (`relu_max_pool_moments_outputs`, or the same images' slices of them): r =
-    relu(x.max(dim=2)) and its arg-max scale, the max of r over every pool window where
-    increasing[c] (bool [C]), else the min, and its first place, and Σ r, Σ r²."""
+def _unplaced(like: Tensor) -> tuple:
+    """The kernels' (back, beta, tops, lefts) where y is x itself: empty."""
+    empty = torch.empty(0, dtype=torch.int64)
+    return like.new_empty(0, 0, 0, 0), like.new_empty(0), empty, empty
+
+
+def relu_max_pool_moments_into(x, increasing: Tensor, outputs: tuple, window=None) -> None:
+    """Per image of y [B, C, S, H, W] into `outputs` (`relu_max_pool_moments_outputs`, or the
+    same images' slices of them): r = relu(y.max(dim=2)) and its arg-max scale, the max of r over
+    every pool window where increasing[c] (bool [C]), else the min, and its first place, and Σ
+    r, Σ r² (H, W multiples of the pool's rows, cols; S < 256). y is x (real, CPU, any strides),
+    or its scales in consecutive parts (a list); with `window` = (back P [C, S, H, W], beta [B],
+    tops, lefts [B] int64), x [B, C, S, side, side] is each image's window lifting and y = β·P
+    with x added inside the window at (tops, lefts), never whole (`scalelearn.nn.windows`)."""
     increasing = increasing.detach().to(torch.bool).contiguous()
-    _run("relu_max_pool_moments", *_parts(x), increasing, *outputs)
+    parts, width = _parts(x)
+    placed = _unplaced(parts[0]) if window is None else tuple(t.contiguous() for t in window)
+    _run("relu_max_pool_moments", parts, width, *placed, increasing, *outputs)
 
 
 def relu_max_pool_moments_result(outputs: tuple, dtype) -> tuple:
@@ -643,13 +703,15 @@ def relu_max_pool_moments(x: Tensor, increasing: Tensor, rows: int, cols: int):
 
 
 def relu_max_pool_moments_grad(
-    saved, mean, grad_pooled, grad_mean, grad_variance, count, out, first: int = 0
+    saved, mean, grad_pooled, grad_mean, grad_variance, count, out, first: int = 0, window=None
 ):
-    """The gradient of `relu_max_pool_moments` with respect to x, written into out [B, C, S',
+    """The gradient of `relu_max_pool_moments` with respect to y, written into out [B, C, S',
     L_H, L_W] (L ≥ H, W; zero beyond) for the scales first … first + S' − 1: ∂mean/∂r = 1/N,
     ∂variance/∂r = 2 (r − mean)/N (N = `count`, B·H·W of the whole batch: saved and
     grad_pooled may be some images' slices), ∂pooled/∂r = 1 at each window's position, through
-    ReLU and the arg-max scale."""
+    ReLU and the arg-max scale. With `window` = (grad_back [C, S, H, W] (contiguous), beta [B],
+    tops, lefts [B] int64), as `relu_max_pool_moments_into`'s: out [B, C, S, side, side] = ∂x,
+    the gradient inside each image's window, and grad_back += Σ_b β_b · ∂y[b], P's."""
     position, relu_max, index = saved
     zeros = mean.new_zeros(mean.shape)
     grad_mean = zeros if grad_mean is None else grad_mean
@@ -659,7 +721,9 @@ def relu_max_pool_moments_grad(
     offset = ((grad_mean - 2 * grad_variance * mean) / count).to(out.dtype).contiguous()
     slope = (2 * grad_variance / count).to(out.dtype).contiguous()
     coefficients = (offset, slope)
-    _run("relu_max_pool_moments_grad", _dense(grad_pooled), *saved, *coefficients, first, out)
+    placed = _unplaced(out) if window is None else window
+    grads = (*coefficients, first, *placed, out)
+    _run("relu_max_pool_moments_grad", _dense(grad_pooled), *saved, *grads)
     return out
 
 

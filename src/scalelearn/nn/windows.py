@@ -9,12 +9,12 @@ and x − β is zero outside the ink: lift(x − β) is zero outside the ink's b
 the kernel's half size (clipped to the canvas), the image's window. lift(1), the background's
 part P [1, C, S, H, W], is the same for every image and separable (`background`); each window is
 lifted at the FFT lengths of its own size, images of one window size together (a group), and
-the head reads β·P with the window's lifting added, a few images at a time: in training
-`cpu_kernels.relu_max_pool_moments` (`pooled_relu_moments`), in evaluation
-`cpu_kernels.windowed_scale_max_pool` (`scale_extremes`, which reads β·P's scale max outside the
-window: nothing of the canvas's size is written per image). Windows are square, of sides rounded
-up to WINDOW_STEP pixels, so that a batch falls into a few groups, each with its own kernel
-spectra.
+the head's kernel reads P and the window's lifting and adds them itself, so that y = β·P + the
+window is never written: in training `cpu_kernels.relu_max_pool_moments_into` with a window
+(`pooled_relu_moments`; its gradient kernel writes the window's gradient and adds β·∂y to P's),
+in evaluation `cpu_kernels.windowed_scale_max_pool` (`scale_extremes`, which reads β·P's scale
+max outside the window). Windows are square, of sides rounded up to WINDOW_STEP pixels, so that
+a batch falls into a few groups, each with its own kernel spectra.
 
 The same values as the whole canvas's lifting, rounded differently (an image's logits can differ
 in the last bits with the batch it is evaluated in: the windows are planned per batch).
@@ -129,34 +129,27 @@ def background(weight: Tensor, basis: ScaleBasis, height: int, width: int) -> Te
     return y[None]
 
 
-def _placed(plan: Plan, group, local: Tensor, start: int, images: slice, back: Tensor, out):
-    """y of the sorted batch's `images` (of one group whose first image is `start`): β·P with
-    each window's lifting added, written into out[:n] -> that view [n, Cout, S, H, W]."""
-    side, _, _, tops, lefts = group
-    count = images.stop - images.start
-    y = torch.mul(plan.beta[images, None, None, None, None], back, out=out[:count])
-    for i in range(images.start, images.stop):
-        top, left = tops[i - start], lefts[i - start]
-        y[i - images.start, :, :, top : top + side, left : left + side] += local[i - start]
-    return y
+def _origins(plan: Plan, group, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One group's beta [n] (like's dtype) and window origins tops, lefts [n] (int64)."""
+    _, start, stop, tops, lefts = group
+    return plan.beta[start:stop].to(like.dtype), torch.tensor(tops), torch.tensor(lefts)
 
 
 class _WindowedHead(torch.autograd.Function):
     """(background P [1, Cout, S, H, W], each group's window lifting [n, Cout, S, side, side]) ->
     `cpu_kernels.relu_max_pool_moments` of y = β·P + the windows (pooled [B, Cout, R, Q] of the
-    sorted batch, mean, variance [Cout]); y is never whole, a few images at a time."""
+    sorted batch, mean, variance [Cout]); the kernels read P and the windows and write the
+    gradients of both, so that nothing of the canvas's size is written per image but the head's
+    own r and arg-max."""
 
     @staticmethod
     def forward(ctx, plan: Plan, increasing, rows, cols, back: Tensor, *locals: Tensor):
         batch, shape = len(plan.beta), back.shape[1:]
         outputs = relu_max_pool_moments_outputs((batch, *shape), back.dtype, rows, cols)
-        step = _images_per_pass(plan, shape, back.element_size())
-        buffer = back.new_empty(step, *shape)
         for group, local in zip(plan.groups, locals, strict=True):
             _, start, stop, _, _ = group
-            for images in cpu_fft._slices(stop, step, start):
-                y = _placed(plan, group, local, start, images, back, buffer)
-                relu_max_pool_moments_into(y, increasing, [t[images] for t in outputs])
+            window = (back[0], *_origins(plan, group, back))
+            relu_max_pool_moments_into(local, increasing, [t[start:stop] for t in outputs], window)
         pooled, mean, variance, saved = relu_max_pool_moments_result(outputs, back.dtype)
         ctx.save_for_backward(mean, *saved)
         ctx.plan, ctx.shape = plan, back.shape
@@ -167,33 +160,18 @@ class _WindowedHead(torch.autograd.Function):
         mean, *saved = ctx.saved_tensors
         plan, shape = ctx.plan, ctx.shape
         count = len(plan.beta) * shape[-2] * shape[-1]
-        step = _images_per_pass(plan, shape[1:], mean.element_size())
-        buffer = mean.new_empty(step, *shape[1:])
         grad_back = mean.new_zeros(shape[1:])
         grad_locals = []
-        for side, start, stop, tops, lefts in plan.groups:
+        for group in plan.groups:
+            side, start, stop, _, _ = group
             grad_local = mean.new_empty(stop - start, *shape[1:3], side, side)
-            for images in cpu_fft._slices(stop, step, start):
-                grad = buffer[: images.stop - images.start]
-                pooled = None if grad_pooled is None else grad_pooled[images]
-                parts = [t[images] for t in saved]
-                relu_max_pool_moments_grad(
-                    parts, mean, pooled, grad_mean, grad_variance, count, grad
-                )
-                for i in range(images.start, images.stop):
-                    # One image at a time, in order: the same sums for every thread count.
-                    grad_back.add_(grad[i - images.start], alpha=float(plan.beta[i]))
-                    top, left = tops[i - start], lefts[i - start]
-                    window = grad[i - images.start, :, :, top : top + side, left : left + side]
-                    grad_local[i - start] = window
+            pooled = None if grad_pooled is None else grad_pooled[start:stop]
+            parts = [t[start:stop] for t in saved]
+            window = (grad_back, *_origins(plan, group, mean))
+            grads = (grad_mean, grad_variance, count, grad_local)
+            relu_max_pool_moments_grad(parts, mean, pooled, *grads, window=window)
             grad_locals.append(grad_local)
         return None, None, None, None, grad_back[None], *grad_locals
-
-
-def _images_per_pass(plan: Plan, shape, element_size: int) -> int:
-    """Images of y [Cout, S, H, W] per pass (`cpu_fft.images_per_pass` of the largest group)."""
-    largest = max(stop - start for _, start, stop, _, _ in plan.groups)
-    return cpu_fft.images_per_pass(largest, math.prod(shape) * element_size)
 
 
 def _windows(sorted_x: Tensor, plan: Plan, group) -> Tensor:
@@ -239,8 +217,8 @@ def scale_extremes(x, weight, basis, plan: Plan, spectra_of, rows: int, cols: in
     sorted_x = x[plan.order]
     maxima, minima = [], []
     for group in plan.groups:
-        side, start, stop, tops, lefts = group
-        beta, tops, lefts = plan.beta[start:stop], torch.tensor(tops), torch.tensor(lefts)
+        side = group[0]
+        beta, tops, lefts = _origins(plan, group, back)
 
         def head(y, images, channels, beta=beta, tops=tops, lefts=lefts):
             of_channels = [t[channels] for t in backgrounds]
