@@ -75,9 +75,9 @@ def images_per_pass(batch: int, spectrum_bytes: int) -> int:
     return min(batch, max(1, PASS_BYTES // spectrum_bytes))
 
 
-def _slices(stop: int, step: int, start: int = 0) -> list[slice]:
-    """start … stop in consecutive slices of `step` (the last one shorter)."""
-    return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
+def _slices(stop: int, step: int) -> list[slice]:
+    """0 … stop in consecutive slices of `step` (the last one shorter)."""
+    return [slice(first, min(first + step, stop)) for first in range(0, stop, step)]
 
 
 def _image_bytes(kernels) -> int:
